@@ -1,0 +1,1 @@
+"""dmsctl: the admin command line, a client of the control API."""

@@ -1,0 +1,1 @@
+"""The dmsfsd daemon: FUSE mount and control API over the dmsfs core."""

@@ -1,0 +1,102 @@
+"""dmsfsd: mount a dmsfs store.
+
+    dmsfsd STORE_URL MOUNTPOINT [--state DIR] [--read-only] [--allow-other]
+           [--cache-size BYTES] [--api unix:PATH] [--log-level LEVEL] [--foreground]
+    dmsfsd --init-only STORE_URL
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from dmsfs.errors import DmsfsError
+from dmsfs.log import setup_logging
+from dmsfs.repo import Repo
+from dmsfs.sizes import parse_size
+
+from .app import DaemonOptions, run
+
+log = logging.getLogger("dmsfs.daemon")
+
+EPILOG = """\
+Examples:
+  dmsfsd file:///srv/dmsfs/store /mnt/datasets
+  dmsfsd file://$PWD/store ./mnt --state ./state --foreground --log-level debug
+
+The control API listens on STATE/api.sock; dmsctl finds it from the mount.
+Exit status: 0 after a clean unmount, 1 on failure, 2 on a usage error."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmsfsd", description="Mount a dmsfs store of datasets.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store_url", help="file:///path/to/store")
+    p.add_argument("mountpoint", nargs="?", type=Path, help="directory to mount at")
+    p.add_argument("--state", type=Path, help="index, spool and cache directory "
+                   "(default /var/lib/dmsfs/<store-id> as root, else $XDG_STATE_HOME/dmsfs/<id>)")
+    p.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
+                   help="memory for decompressed chunks (default 64M)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--foreground", action="store_true", help="do not detach")
+    p.add_argument("--init-only", action="store_true", help="initialise the store and exit")
+    p.add_argument("--reindex", action="store_true",
+                   help="rebuild the chunk index from the store before mounting")
+    p.add_argument("--demo", action="store_true", help="create a demo dataset in a new store")
+    return p
+
+
+def _detach(argv: list[str], mountpoint: Path) -> int:
+    """Run ourselves in the background and return once the mount is up."""
+    child = subprocess.Popen([sys.executable, "-m", "dmsfs.daemon", *argv, "--foreground"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            return 0
+        if child.poll() is not None:
+            return child.returncode or 1
+        time.sleep(0.05)
+    print("dmsfsd: mount did not come up within 60 s", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        if args.init_only:
+            repo = Repo.open(args.store_url, args.state, args.cache_size)
+            print(f"store {repo.store.url} ready (id {repo.config.store_id})")
+            repo.close()
+            return 0
+        if args.mountpoint is None:
+            _parser().error("MOUNTPOINT is required")
+        if not args.mountpoint.is_dir():
+            _parser().error(f"mountpoint {args.mountpoint} is not a directory")
+        if not args.foreground:
+            return _detach(argv, args.mountpoint)
+        trio.run(run, DaemonOptions(
+            store_url=args.store_url, mountpoint=args.mountpoint.resolve(),
+            state_dir=args.state.resolve() if args.state else None, read_only=args.read_only,
+            allow_other=args.allow_other, cache_size=args.cache_size, reindex=args.reindex,
+            demo=args.demo))
+        return 0
+    except DmsfsError as e:
+        print(f"dmsfsd: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

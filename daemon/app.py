@@ -1,0 +1,95 @@
+"""Composition root: open the repository, mount, serve the API, shut down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from dmsfs.repo import Repo
+from dmsfs.vfs import Vfs
+
+from . import control
+from .demo import populate_demo
+from .fuse_ops import Operations
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SEAL_SECONDS = 120
+READ_AHEAD_KB = 1024
+
+
+@dataclass
+class DaemonOptions:
+    store_url: str
+    mountpoint: Path
+    state_dir: Path | None = None
+    read_only: bool = False
+    allow_other: bool = False
+    cache_size: int = 64 << 20
+    reindex: bool = False
+    demo: bool = False
+
+
+def _raise_read_ahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB on this mount (fewer, larger read requests)."""
+    # The device comes from mountinfo: stat() of our own mountpoint would wait
+    # for this very process to answer, before its FUSE loop runs.
+    devs = [line.split()[2] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(mountpoint)]
+    if not devs:
+        return
+    try:
+        Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+    except OSError as e:
+        log.debug("cannot raise read-ahead (%s); kernel default stays", e)
+
+
+async def _stop_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def run(opts: DaemonOptions) -> None:
+    """Mount the store and serve until unmounted or signalled."""
+    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size)
+    try:
+        vfs = Vfs(repo, read_only=opts.read_only)
+        vfs.ensure_root(os.getuid(), os.getgid())
+        socket_path = repo.state_dir / "api.sock"
+        vfs.root_xattrs[b"user.dmsfs.api"] = f"unix:{socket_path}".encode()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(repo.chunks.run)
+            if opts.reindex:
+                await repo.reindex()
+            if opts.demo:
+                await populate_demo(vfs)
+            await nursery.start(control.serve, control.build_app(repo), socket_path)
+            options = set(pyfuse3.default_options) | {"fsname=dmsfs", "subtype=dmsfs"}
+            if opts.allow_other:
+                options.add("allow_other")
+            pyfuse3.init(Operations(vfs), str(opts.mountpoint), options)
+            try:
+                _raise_read_ahead(opts.mountpoint)
+                nursery.start_soon(_stop_on_signals, name="signals")
+                log.info("mounted %s at %s; control API at unix:%s", repo.store.url,
+                         opts.mountpoint, socket_path)
+                print(f"dmsfsd: {repo.store.url} mounted at {opts.mountpoint}; "
+                      f"control API: unix:{socket_path}", flush=True)
+                await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=True)
+            with trio.move_on_after(SHUTDOWN_SEAL_SECONDS):
+                await repo.chunks.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        repo.close()
+    log.info("unmounted cleanly")

@@ -1,0 +1,228 @@
+"""The FUSE protocol adapter: convert arguments, call the Vfs, convert results.
+
+This is the one place where errors become errno: every handler is wrapped by
+`fuse_errors`, which turns a DmsfsError into its errno, an OSError (spool disk
+full, say) into its own errno, and anything unexpected into a logged EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from dmsfs.errors import DmsfsError, NotFound, NotPermitted
+from dmsfs.index import Inode
+from dmsfs.vfs import Vfs
+
+log = logging.getLogger(__name__)
+
+# Only this daemon changes the tree, and every change passes through the kernel,
+# so the kernel may keep names and attributes for long.
+LIVE_TIMEOUT = 300.0
+BLKSIZE = 1 << 20  # tools size their I/O buffers by st_blksize: ask for big requests
+
+T = TypeVar("T")
+
+
+def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except DmsfsError as e:
+            if e.errno == errno.EIO:
+                log.error("%s failed: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            log.error("%s failed: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def entry(inode: Inode, timeout: float = LIVE_TIMEOUT) -> pyfuse3.EntryAttributes:
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = inode.ino
+    a.entry_timeout = a.attr_timeout = timeout
+    a.st_mode = inode.mode
+    a.st_nlink = 1
+    a.st_uid = inode.uid
+    a.st_gid = inode.gid
+    a.st_size = inode.size
+    a.st_blksize = BLKSIZE
+    a.st_blocks = -(-inode.size // 512)
+    a.st_atime_ns = inode.atime_ns
+    a.st_mtime_ns = inode.mtime_ns
+    a.st_ctime_ns = inode.ctime_ns
+    return a
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers over one Vfs."""
+
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, vfs: Vfs) -> None:
+        super().__init__()
+        self.vfs = vfs
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        try:
+            return entry(self.vfs.lookup(parent_inode, name))
+        except NotFound:
+            negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the miss
+            negative.entry_timeout = LIVE_TIMEOUT
+            return negative
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
+                      ) -> pyfuse3.EntryAttributes:
+        return entry(self.vfs.getattr(inode))
+
+    @fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self.vfs.truncate(inode, attr.st_size)
+        changed = self.vfs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return entry(changed)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.vfs.readlink(inode)
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry(self.vfs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry(self.vfs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.unlink(parent_inode, name)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.rmdir(parent_inode, name)
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry(self.vfs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                        noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise NotPermitted("hard links are not supported")
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+                   ) -> pyfuse3.FileInfo:
+        write = flags & os.O_ACCMODE != os.O_RDONLY
+        fh = await self.vfs.open(inode, write=write, truncate=bool(flags & os.O_TRUNC))
+        # The page cache stays valid across opens: only this mount changes files.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, inode = self.vfs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(inode)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.vfs.read(fh, off, size)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.vfs.write(fh, off, buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        await self.vfs.flush(fh)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        await self.vfs.release(fh)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.vfs.fsync(fh)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.vfs.getattr(inode)
+        return inode
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.vfs.readdir(fh, start_id)
+        try:
+            for cookie, name, inode in entries:
+                if not pyfuse3.readdir_reply(token, name, entry(inode), cookie):
+                    break
+        finally:
+            entries.close()
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.vfs.repo.sync()
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = pyfuse3.StatvfsData()
+        for key, value in self.vfs.statfs().items():
+            setattr(st, key, value)
+        return st
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.setxattr(inode, name, value)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.vfs.getxattr(inode, name)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return self.vfs.listxattr(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.removexattr(inode, name)

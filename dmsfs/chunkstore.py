@@ -1,0 +1,295 @@
+"""Chunk storage: deduplication, staging, sealing into packs, verified reads.
+
+Write side (worker threads): put() hashes a chunk, skips it if the index or the
+staging area already has it, else appends it raw to the open staging file.  A
+sealer task compresses full (or idle) staging files into pack objects, stores
+them, and repoints the chunks' index entries from the staging file to the pack
+in one LMDB transaction.  Keeping compression out of put() is what lets close()
+return after hashing alone, while zstd runs on the other core.
+
+Read side: get() serves a chunk from the decompressed-chunk cache, else fetches
+its blob (staging file or ranged read of a pack) in a worker thread, decodes
+it and checks its blake3 id, so damage is an error (EIO), never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import blake3
+import trio
+
+from . import staging
+from .cache import ChunkCache
+from .codec import PACK_MAGIC, PackEntry, compress, encode_pack_index, open_blob
+from .codec import chunk_id as compute_id
+from .config import StoreConfig
+from .errors import Corrupt, NoSuchObject
+from .index import Index, Location
+from .staging import StagingFile
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+FLAG_STAGED = 0x80
+IDLE_SEAL_SECONDS = 2.0
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+class ChunkStore:
+    """Content-addressed chunks over the object store, staged locally first."""
+
+    def __init__(self, store: ObjectStore, index: Index, config: StoreConfig,
+                 state_dir: Path, cache_bytes: int) -> None:
+        self.store = store
+        self.index = index
+        self.config = config
+        self.staging_dir = state_dir / "staging"
+        self.outgoing_dir = state_dir / "outgoing"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.outgoing_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = ChunkCache(cache_bytes)
+        self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.io = trio.CapacityLimiter(8)
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, Location] = {}   # staged, maybe not yet in LMDB
+        self._full: list[StagingFile] = []
+        self._current: StagingFile | None = None
+        self._last_append = 0.0
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._wake = trio.Event()
+        self._sealing = 0
+        self._sealed_event = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ write side
+    def put(self, data: bytes | memoryview) -> tuple[bytes, Location | None]:
+        """Store one chunk (blocking; call from a worker thread).
+
+        Returns its id and, when this call staged it, its new location, which the
+        caller's commit must record in the index.
+        """
+        cid = compute_id(data)
+        with self.index.read() as t:
+            if t.get_location(cid) is not None:
+                return cid, None
+        with self._lock:
+            if cid in self._pending:
+                return cid, None
+            if self._current is None:
+                self._current = StagingFile(self.staging_dir, os.urandom(32))
+            cur = self._current
+            e = cur.append(cid, data)
+            loc = Location(cur.id, e.offset, e.raw_len, e.raw_len, FLAG_STAGED)
+            self._pending[cid] = loc
+            self._last_append = time.monotonic()
+            if cur.size >= self.config.pack_size:
+                self._rotate()
+        return cid, loc
+
+    def _rotate(self) -> None:
+        if self._current is not None and self._current.entries:
+            self._full.append(self._current)
+            self._current = None
+
+    def wake_sealer(self) -> None:
+        """Tell the sealer there may be work (call on the trio thread)."""
+        if self._full:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> dict[str, float]:
+        """Chunks staged locally and not yet in a stored pack."""
+        with self._lock:
+            files = [*self._full, *([self._current] if self._current else [])]
+            return {
+                "objects": len(files),
+                "bytes": sum(f.size for f in files),
+                "chunks": len(self._pending),
+            }
+
+    def sync(self) -> None:
+        """Make every staged chunk and committed index entry survive power loss."""
+        with self._lock:
+            files = [*self._full, *([self._current] if self._current else [])]
+        for f in files:
+            f.sync()
+        self.index.sync()
+
+    # ------------------------------------------------------------ sealing
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background work: recover staging files, then seal full ones and idle
+        ones after a pause; also hosts read-ahead fetches."""
+        await self.recover()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                with trio.move_on_after(IDLE_SEAL_SECONDS / 2):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                with self._lock:
+                    if time.monotonic() - self._last_append > IDLE_SEAL_SECONDS:
+                        self._rotate()
+                    batch, self._full = self._full, []
+                for sf in batch:
+                    self._sealing += 1
+                    nursery.start_soon(self._seal, sf)
+
+    async def flush(self) -> None:
+        """Seal everything staged and wait until it is stored."""
+        with self._lock:
+            self._rotate()
+            batch, self._full = self._full, []
+        for sf in batch:
+            self._sealing += 1
+            await self._seal(sf)
+        while self._sealing:
+            await self._sealed_event.wait()
+
+    async def _seal(self, sf: StagingFile) -> None:
+        try:
+            pack_id, entries, size = await trio.to_thread.run_sync(
+                self._write_pack, sf, limiter=self.cpu)
+            with self.index.write() as t:
+                for e in entries:
+                    t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
+                                                   e.flags))
+                t.add_pack(pack_id, size, len(entries))
+            with self._lock:
+                for e in sf.entries:
+                    if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
+                        del self._pending[e.cid]
+            sf.remove()
+            log.debug("sealed %s: %d chunks, %d bytes", pack_id.hex()[:12], len(entries), size)
+        except Exception:
+            log.exception("sealing staging file %s failed; will retry", sf.id.hex()[:12])
+            with self._lock:
+                self._full.append(sf)
+            await trio.sleep(1)
+        finally:
+            self._sealing -= 1
+            self._sealed_event.set()
+            self._sealed_event = trio.Event()
+
+    def _write_pack(self, sf: StagingFile) -> tuple[bytes, list[PackEntry], int]:
+        """Compress a staging file into a pack object and store it (worker thread)."""
+        tmp = self.outgoing_dir / f"{sf.id.hex()}.pack"
+        hasher = blake3.blake3()
+        entries: list[PackEntry] = []
+        with open(tmp, "wb") as out:
+            def emit(buf: bytes | memoryview) -> None:
+                out.write(buf)
+                hasher.update(buf)
+
+            emit(PACK_MAGIC)
+            offset = len(PACK_MAGIC)
+            for e in sf.entries:
+                stored, flags = compress(sf.read(e), self.config.zstd_level)
+                emit(stored)
+                entries.append(PackEntry(e.cid, offset, len(stored), e.raw_len, flags))
+                offset += len(stored)
+            emit(encode_pack_index(entries))
+            size = out.tell()
+        pack_id = hasher.digest()
+        self.store.put_file(pack_key(pack_id), tmp)
+        return pack_id, entries, size
+
+    async def recover(self) -> None:
+        """Adopt staging files a previous run left behind: index, then seal them."""
+        for sid in staging.existing(self.staging_dir):
+            sf = StagingFile(self.staging_dir, sid)
+            entries = await trio.to_thread.run_sync(sf.load)
+            with self.index.write() as t:
+                for e in entries:
+                    if t.get_location(e.cid) is None:
+                        t.put_location(e.cid, Location(sid, e.offset, e.raw_len, e.raw_len,
+                                                       FLAG_STAGED))
+            if entries:
+                log.info("recovered %d staged chunks from a previous run", len(entries))
+                with self._lock:
+                    self._full.append(sf)
+            else:
+                sf.remove()
+        for leftover in self.outgoing_dir.glob("*.pack"):
+            leftover.unlink()
+
+    # ------------------------------------------------------------ read side
+    def location(self, cid: bytes) -> Location:
+        with self.index.read() as t:
+            loc = t.get_location(cid)
+        if loc is None:
+            with self._lock:
+                loc = self._pending.get(cid)
+        if loc is None:
+            raise Corrupt(f"chunk {cid.hex()} is not in the index")
+        return loc
+
+    def fetch(self, cid: bytes) -> bytes:
+        """Read, decode and verify one chunk (blocking; call from a worker thread)."""
+        for _ in range(3):
+            loc = self.location(cid)
+            if loc.flags & FLAG_STAGED:
+                stored = staging.read_staged(self.staging_dir, loc.container, loc.offset,
+                                             loc.raw_len)
+                if stored is None:
+                    continue  # sealed meanwhile: the index now points at the pack
+                return open_blob(stored, 0, loc.raw_len, cid)
+            try:
+                stored = self.store.get_range(pack_key(loc.container), loc.offset,
+                                              loc.stored_len)
+            except NoSuchObject as e:
+                raise Corrupt(f"pack {loc.container.hex()} is missing") from e
+            if len(stored) != loc.stored_len:
+                raise Corrupt(f"pack {loc.container.hex()} is truncated")
+            return open_blob(stored, loc.flags, loc.raw_len, cid)
+        raise Corrupt(f"chunk {cid.hex()} cannot be located")
+
+    async def get(self, cid: bytes) -> bytes:
+        """One chunk's raw bytes, from cache or store."""
+        while True:
+            data = self.cache.get(cid)
+            if data is not None:
+                return data
+            pending = self._fetching.get(cid)
+            if pending is None:
+                break
+            await pending.wait()
+            if cid not in self.cache:  # the fetch failed or it was evicted: fetch ourselves
+                break
+        done = self._fetching[cid] = trio.Event()
+        try:
+            data = await trio.to_thread.run_sync(self.fetch, cid, limiter=self.io)
+            self.cache.put(cid, data)
+            return data
+        finally:
+            if self._fetching.get(cid) is done:
+                del self._fetching[cid]
+            done.set()
+
+    def start_task(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run fn(*args) in the background (chunking ahead, read-ahead)."""
+        if self._nursery is None:
+            raise RuntimeError("ChunkStore.run() is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def prefetch(self, cid: bytes) -> None:
+        """Start warming the cache with one chunk (read-ahead)."""
+        if cid not in self.cache and cid not in self._fetching:
+            self.start_task(self._prefetch, cid)
+
+    async def _prefetch(self, cid: bytes) -> None:
+        try:
+            await self.get(cid)
+        except Exception:  # noqa: BLE001 -- errors surface on the real read
+            log.debug("prefetch of %s failed", cid.hex()[:12], exc_info=True)

@@ -1,0 +1,307 @@
+"""The LMDB index: the only module that knows key and value layouts.
+
+One LMDB environment (``index.lmdb`` in the state dir) with these named tables;
+all integers are big-endian in keys (so they sort) and little-endian in values:
+
+    meta      name (ascii)                    -> value      store id, next inode, counters
+    inodes    ino u64                         -> INODE      attributes + parent (+ symlink target)
+    dirents   parent u64 | hash62(name) u64 | name -> child ino u64
+    content   ino u64                         -> n x (chunk id 32 | length u32)   file data
+    xattrs    ino u64 | name                  -> value
+    chunks    chunk id 32                     -> LOCATION   where its blob is
+    packs     pack id 32                      -> size u64 | blobs u32
+    orphans   ino u64                         -> b""        unlinked while still open
+
+    INODE    = mode u32 | uid u32 | gid u32 | size u64 | atime, mtime, ctime i64 ns
+               | parent u64 | symlink target (rest)
+    LOCATION = container id 32 | offset u64 | stored len u32 | raw len u32 | flags u8
+
+Directory entries sort by a 62-bit hash of the name, so readdir can resume at
+any entry with an integer cookie and a lookup is one get.  A chunk id of 32 zero
+bytes in a content list is a hole (zeros, nothing stored).  A container is a
+pack in the store or, with FLAG_STAGED, a staging file in the state dir.
+
+The inode's parent pointer (no hard links, so exactly one) is what later lets a
+snapshot re-serialise only the directories on the path to a change.
+
+Transactions are short and synchronous; none is held across an await.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import lmdb
+
+from .codec import ID_SIZE
+
+U64 = struct.Struct(">Q")
+INODE = struct.Struct("<IIIQqqqQ")
+CONTENT_ENTRY = struct.Struct("<32sI")
+LOCATION = struct.Struct("<32sQIIB")
+PACK_INFO = struct.Struct("<QI")
+HOLE = bytes(ID_SIZE)
+ROOT_INO = 1
+TABLES = ("meta", "inodes", "dirents", "content", "xattrs", "chunks", "packs", "orphans")
+COUNTERS = ("live_bytes", "stored_bytes", "packs", "chunks", "chunk_bytes")
+
+
+def name_hash(name: bytes) -> int:
+    """62-bit hash ordering a directory's entries; also the readdir cookie base."""
+    return int.from_bytes(blake3.blake3(name).digest(8), "big") >> 2
+
+
+def _dirent_key(parent: int, name: bytes) -> bytes:
+    return U64.pack(parent) + U64.pack(name_hash(name)) + name
+
+
+@dataclass(slots=True)
+class Inode:
+    """Attributes of one file, directory or symlink."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    parent: int
+    target: bytes = b""
+
+    def encode(self) -> bytes:
+        return (
+            INODE.pack(self.mode, self.uid, self.gid, self.size, self.atime_ns,
+                       self.mtime_ns, self.ctime_ns, self.parent)
+            + self.target
+        )
+
+    @classmethod
+    def decode(cls, ino: int, buf: bytes) -> Inode:
+        return cls(ino, *INODE.unpack_from(buf), target=bytes(buf[INODE.size :]))
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a chunk's blob is stored."""
+
+    container: bytes
+    offset: int
+    stored_len: int
+    raw_len: int
+    flags: int
+
+    def encode(self) -> bytes:
+        return LOCATION.pack(self.container, self.offset, self.stored_len, self.raw_len,
+                             self.flags)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> Location:
+        return cls(*LOCATION.unpack(buf))
+
+
+def encode_content(chunks: list[tuple[bytes, int]]) -> bytes:
+    return b"".join(CONTENT_ENTRY.pack(cid, n) for cid, n in chunks)
+
+
+def decode_content(buf: bytes) -> list[tuple[bytes, int]]:
+    return list(CONTENT_ENTRY.iter_unpack(buf))
+
+
+class Txn:
+    """Typed access to the tables inside one LMDB transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self.txn = txn
+        self.db = dbs
+
+    # -- meta and counters
+    def get_meta(self, key: str) -> bytes | None:
+        return self.txn.get(key.encode(), db=self.db["meta"])
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        self.txn.put(key.encode(), value, db=self.db["meta"])
+
+    def counter(self, key: str) -> int:
+        raw = self.get_meta(key)
+        return int.from_bytes(raw, "little", signed=True) if raw else 0
+
+    def add_counter(self, key: str, delta: int) -> None:
+        if delta:
+            self.put_meta(key, (self.counter(key) + delta).to_bytes(8, "little", signed=True))
+
+    def allocate_ino(self) -> int:
+        ino = max(self.counter("next_ino"), ROOT_INO + 1)
+        self.put_meta("next_ino", (ino + 1).to_bytes(8, "little", signed=True))
+        return ino
+
+    # -- inodes
+    def get_inode(self, ino: int) -> Inode | None:
+        raw = self.txn.get(U64.pack(ino), db=self.db["inodes"])
+        return Inode.decode(ino, raw) if raw is not None else None
+
+    def put_inode(self, inode: Inode) -> None:
+        self.txn.put(U64.pack(inode.ino), inode.encode(), db=self.db["inodes"])
+
+    def delete_inode(self, ino: int) -> None:
+        key = U64.pack(ino)
+        self.txn.delete(key, db=self.db["inodes"])
+        self.txn.delete(key, db=self.db["content"])
+        self.txn.delete(key, db=self.db["orphans"])
+        for xkey in list(self._prefix_keys("xattrs", key)):
+            self.txn.delete(xkey, db=self.db["xattrs"])
+
+    def iter_inodes(self) -> Iterator[Inode]:
+        for key, raw in self.txn.cursor(db=self.db["inodes"]):
+            yield Inode.decode(U64.unpack(key)[0], raw)
+
+    # -- directory entries
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        raw = self.txn.get(_dirent_key(parent, name), db=self.db["dirents"])
+        return U64.unpack(raw)[0] if raw is not None else None
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self.txn.put(_dirent_key(parent, name), U64.pack(ino), db=self.db["dirents"])
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        self.txn.delete(_dirent_key(parent, name), db=self.db["dirents"])
+
+    def iter_entries(self, parent: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
+        """(cookie, name, ino) of parent's entries whose cookie is greater than after."""
+        prefix = U64.pack(parent)
+        cur = self.txn.cursor(db=self.db["dirents"])
+        if not cur.set_range(prefix + U64.pack(after)):
+            return
+        for key, raw in cur:
+            if key[:8] != prefix:
+                return
+            yield U64.unpack(key[8:16])[0] + 1, key[16:], U64.unpack(raw)[0]
+
+    def has_entries(self, parent: int) -> bool:
+        return next(self.iter_entries(parent), None) is not None
+
+    # -- file content
+    def get_content(self, ino: int) -> list[tuple[bytes, int]]:
+        raw = self.txn.get(U64.pack(ino), db=self.db["content"])
+        return decode_content(raw) if raw else []
+
+    def put_content(self, ino: int, chunks: list[tuple[bytes, int]]) -> None:
+        self.txn.put(U64.pack(ino), encode_content(chunks), db=self.db["content"])
+
+    def iter_content(self) -> Iterator[tuple[int, list[tuple[bytes, int]]]]:
+        for key, raw in self.txn.cursor(db=self.db["content"]):
+            yield U64.unpack(key)[0], decode_content(raw)
+
+    # -- extended attributes
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        return self.txn.get(U64.pack(ino) + name, db=self.db["xattrs"])
+
+    def put_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.txn.put(U64.pack(ino) + name, value, db=self.db["xattrs"])
+
+    def delete_xattr(self, ino: int, name: bytes) -> bool:
+        return bool(self.txn.delete(U64.pack(ino) + name, db=self.db["xattrs"]))
+
+    def list_xattrs(self, ino: int) -> list[bytes]:
+        return [k[8:] for k in self._prefix_keys("xattrs", U64.pack(ino))]
+
+    def _prefix_keys(self, table: str, prefix: bytes) -> Iterator[bytes]:
+        cur = self.txn.cursor(db=self.db[table])
+        if not cur.set_range(prefix):
+            return
+        for key in cur.iternext(values=False):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    # -- chunks and packs
+    def get_location(self, cid: bytes) -> Location | None:
+        raw = self.txn.get(cid, db=self.db["chunks"])
+        return Location.decode(raw) if raw is not None else None
+
+    def put_location(self, cid: bytes, loc: Location) -> bool:
+        """Record where a chunk is; True if the chunk was not indexed before."""
+        new = self.txn.get(cid, db=self.db["chunks"]) is None
+        self.txn.put(cid, loc.encode(), db=self.db["chunks"])
+        if new:
+            self.add_counter("chunks", 1)
+            self.add_counter("chunk_bytes", loc.raw_len)
+        return new
+
+    def reset_chunk_tables(self) -> None:
+        """Forget every chunk location and pack (before rebuilding them)."""
+        self.txn.drop(self.db["chunks"], delete=False)
+        self.txn.drop(self.db["packs"], delete=False)
+        for key in ("packs", "stored_bytes", "chunks", "chunk_bytes"):
+            self.put_meta(key, (0).to_bytes(8, "little", signed=True))
+
+    def iter_locations(self) -> Iterator[tuple[bytes, Location]]:
+        for key, raw in self.txn.cursor(db=self.db["chunks"]):
+            yield bytes(key), Location.decode(raw)
+
+    def add_pack(self, pack_id: bytes, size: int, blobs: int) -> None:
+        if self.txn.get(pack_id, db=self.db["packs"]) is None:
+            self.add_counter("packs", 1)
+            self.add_counter("stored_bytes", size)
+        self.txn.put(pack_id, PACK_INFO.pack(size, blobs), db=self.db["packs"])
+
+    def iter_packs(self) -> Iterator[tuple[bytes, int, int]]:
+        for key, raw in self.txn.cursor(db=self.db["packs"]):
+            yield (bytes(key), *PACK_INFO.unpack(raw))
+
+    # -- orphans (unlinked while open; removed at last close or next start)
+    def add_orphan(self, ino: int) -> None:
+        self.txn.put(U64.pack(ino), b"", db=self.db["orphans"])
+
+    def iter_orphans(self) -> list[int]:
+        return [U64.unpack(k)[0] for k in self.txn.cursor(db=self.db["orphans"]).iternext(values=False)]
+
+
+class Index:
+    """The LMDB environment.  Commits are not fsynced (see sync())."""
+
+    def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync=False: a committed transaction is in the OS page cache, which is what
+        # survives a daemon crash; fsync()/sync() make it survive power loss too.
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(TABLES) + 2,
+                             sync=False, metasync=False, readahead=False, max_readers=512)
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in TABLES}
+
+    def read(self) -> _TxnContext:
+        """A read-only transaction, as a context manager yielding Txn."""
+        return _TxnContext(self, write=False)
+
+    def write(self) -> _TxnContext:
+        """A write transaction, committed when the block exits without error."""
+        return _TxnContext(self, write=True)
+
+    def sync(self) -> None:
+        """Flush committed transactions to disk (blocks; run in a thread)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+
+class _TxnContext:
+    def __init__(self, index: Index, write: bool) -> None:
+        self.index = index
+        self.write = write
+
+    def __enter__(self) -> Txn:
+        self.txn = self.index.env.begin(write=self.write)
+        return Txn(self.txn, self.index.dbs)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and self.write:
+            self.txn.commit()
+        else:
+            self.txn.abort()

@@ -1,0 +1,241 @@
+"""The repository: one store, its index and chunk storage, and whole-store work
+(statistics, consistency checks, rebuilding the chunk index from the store)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from .chunker import Chunker
+from .chunkstore import FLAG_STAGED, ChunkStore, pack_key
+from .codec import (
+    FOOTER,
+    PACK_MAGIC,
+    PackEntry,
+    decode_pack_footer,
+    decode_pack_index,
+    open_blob,
+)
+from .config import StoreConfig, load_or_init
+from .errors import Corrupt, DmsfsError
+from .index import HOLE, ROOT_INO, Index, Location
+from .store import open_store
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4096
+
+
+class Repo:
+    """Everything the daemon holds open for one store."""
+
+    def __init__(self, store: ObjectStore, config: StoreConfig, state_dir: Path,
+                 cache_bytes: int) -> None:
+        self.store = store
+        self.config = config
+        self.state_dir = state_dir
+        self.index = Index(state_dir / "index.lmdb")
+        self.chunks = ChunkStore(store, self.index, config, state_dir, cache_bytes)
+        self.chunker = Chunker(config.chunker)
+
+    @classmethod
+    def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
+             proposed: StoreConfig | None = None) -> Repo:
+        """Open (initialising if new) the store at url with its state dir."""
+        store = open_store(url)
+        config = load_or_init(store, proposed)
+        state = state_dir or default_state_dir(config.store_id)
+        state.mkdir(parents=True, exist_ok=True)
+        return cls(store, config, state, cache_bytes)
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+    async def sync(self) -> None:
+        """Make everything committed survive a power loss."""
+        await trio.to_thread.run_sync(self.chunks.sync)
+
+    # ------------------------------------------------------------ statistics
+    def stats(self) -> dict[str, object]:
+        with self.index.read() as t:
+            logical = t.counter("live_bytes")
+            stored = t.counter("stored_bytes")
+            counts = {k: t.counter(k) for k in ("chunks", "chunk_bytes", "packs")}
+        backlog = self.chunks.backlog
+        cache = self.chunks.cache
+        return {
+            "store": self.store.url,
+            "store_id": self.config.store_id,
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "dedup_ratio": round(logical / stored, 3) if stored else None,
+            "chunks": counts["chunks"],
+            "unique_bytes": counts["chunk_bytes"],
+            "packs": counts["packs"],
+            "backlog": backlog,
+            "cache": {"bytes": cache.bytes, "max_bytes": cache.max_bytes,
+                      "hits": cache.hits, "misses": cache.misses},
+        }
+
+    def statfs(self) -> dict[str, int]:
+        """df figures: used = stored bytes, free = space left where the store is."""
+        with self.index.read() as t:
+            stored = t.counter("stored_bytes") + int(self.chunks.backlog["bytes"])
+            files = t.counter("next_ino")
+        free = self.store.free_bytes()
+        free_blocks = (free if free is not None else 1 << 50) // BLOCK
+        used = -(-stored // BLOCK)
+        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": used + free_blocks,
+                "f_bfree": free_blocks, "f_bavail": free_blocks, "f_files": files + (1 << 32),
+                "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": 255}
+
+    # ------------------------------------------------------------ pack indexes
+    def read_pack_index(self, key: str) -> list[PackEntry]:
+        """A stored pack's own entry table (blocking)."""
+        table_len, count = decode_pack_footer(self.store.get_range(key, -FOOTER.size,
+                                                                   FOOTER.size))
+        table = self.store.get_range(key, -(FOOTER.size + table_len), table_len)
+        return decode_pack_index(table, count)
+
+    async def reindex(self) -> dict[str, int]:
+        """Rebuild the chunk and pack tables from the packs in the store."""
+        await self.chunks.flush()
+        keys = await trio.to_thread.run_sync(lambda: list(self.store.list("packs/")))
+        found: list[tuple[bytes, int, list[PackEntry]]] = []
+        damaged = 0
+
+        async def load(key: str) -> None:
+            nonlocal damaged
+            try:
+                entries = await trio.to_thread.run_sync(self.read_pack_index, key,
+                                                        limiter=self.chunks.io)
+                size = await trio.to_thread.run_sync(self.store.size, key,
+                                                     limiter=self.chunks.io)
+            except DmsfsError as e:
+                log.error("reindex: skipping unreadable pack %s: %s", key, e)
+                damaged += 1
+                return
+            found.append((bytes.fromhex(key.rsplit("/", 1)[1]), size, entries))
+
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(load, key)
+        with self.index.write() as t:
+            staged = [(c, loc) for c, loc in t.iter_locations() if loc.flags & FLAG_STAGED]
+            t.reset_chunk_tables()
+            for pack_id, size, entries in found:
+                for e in entries:
+                    t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
+                                                   e.flags))
+                t.add_pack(pack_id, size, len(entries))
+            for cid, loc in staged:
+                if t.get_location(cid) is None:
+                    t.put_location(cid, loc)
+            chunks = t.counter("chunks")
+        self.chunks.cache.clear()
+        log.info("reindex: %d packs, %d chunks, %d damaged packs", len(found), chunks, damaged)
+        return {"packs": len(found), "chunks": chunks, "damaged_packs": damaged}
+
+    # ------------------------------------------------------------ consistency
+    def path_of(self, ino: int) -> str:
+        """A human-readable path for an inode, for reports."""
+        names: list[str] = []
+        with self.index.read() as t:
+            while ino != ROOT_INO:
+                inode = t.get_inode(ino)
+                if inode is None:
+                    return f"<inode {ino}>"
+                name = next((n for _, n, c in t.iter_entries(inode.parent) if c == ino), None)
+                names.append(name.decode(errors="replace") if name else f"<inode {ino}>")
+                ino = inode.parent
+        return "/".join(reversed(names))
+
+    async def fsck(self, read_data: bool = False) -> dict[str, object]:
+        """Check index against store (and every chunk's blake3 with read_data).
+
+        Returns {"problems": [...], "checked": {...}}; any problem is damage.
+        """
+        await self.chunks.flush()
+        with self.index.read() as t:
+            packs = {pid: size for pid, size, _ in t.iter_packs()}
+            locations = dict(t.iter_locations())
+            users: dict[bytes, list[int]] = {}
+            for ino, chunks in t.iter_content():
+                for cid, _ in chunks:
+                    if cid != HOLE:
+                        users.setdefault(cid, []).append(ino)
+        problems: list[str] = []
+
+        def files(cid: bytes) -> str:
+            inos = users.get(cid, [])
+            return ", ".join(self.path_of(i) for i in inos[:5]) or "no file"
+
+        for cid, inos in users.items():
+            if cid not in locations:
+                problems.append(f"chunk {cid.hex()} used by {files(cid)} is not in the index")
+        stored_keys = set(await trio.to_thread.run_sync(lambda: list(self.store.list("packs/"))))
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = {}
+        for cid, loc in locations.items():
+            if not loc.flags & FLAG_STAGED:
+                by_pack.setdefault(loc.container, []).append((cid, loc))
+                if loc.container not in packs:
+                    problems.append(f"chunk {cid.hex()} points at unknown pack "
+                                    f"{loc.container.hex()}")
+        for pid, size in packs.items():
+            key = pack_key(pid)
+            if key not in stored_keys:
+                problems.append(f"pack {key} is missing from the store "
+                                f"({len(by_pack.get(pid, []))} chunks lost)")
+                continue
+            actual = await trio.to_thread.run_sync(self.store.size, key, limiter=self.chunks.io)
+            if actual != size:
+                problems.append(f"pack {key} has {actual} bytes, the index expects {size}")
+                continue
+            if read_data:
+                problems.extend(await trio.to_thread.run_sync(
+                    self._verify_pack, key, by_pack.get(pid, []), files, limiter=self.chunks.io))
+        known = {pack_key(p) for p in packs}
+        unindexed = sorted(stored_keys - known)
+        return {
+            "problems": problems,
+            "unindexed_packs": unindexed,
+            "checked": {"packs": len(packs), "chunks": len(locations), "files": len(
+                {i for inos in users.values() for i in inos}), "read_data": read_data},
+        }
+
+    def _verify_pack(self, key: str, chunks: list[tuple[bytes, Location]],
+                     files: Callable[[bytes], str]) -> list[str]:
+        """Read a whole pack and check its own index and every indexed chunk."""
+        problems: list[str] = []
+        data = self.store.get(key)
+        if not data.startswith(PACK_MAGIC):
+            problems.append(f"pack {key}: header damaged")
+        try:
+            table_len, count = decode_pack_footer(data[-FOOTER.size:])
+            own = decode_pack_index(data[-(FOOTER.size + table_len):-FOOTER.size], count)
+            if {e.cid for e in own} != {c for c, _ in chunks}:
+                problems.append(f"pack {key}: its own index disagrees with the store index")
+        except Corrupt as e:
+            problems.append(f"pack {key}: {e}")
+        for cid, loc in chunks:
+            blob = data[loc.offset:loc.offset + loc.stored_len]
+            try:
+                open_blob(blob, loc.flags, loc.raw_len, cid)
+            except Corrupt as e:
+                problems.append(f"pack {key}: {e} (files: {files(cid)})")
+        return problems
+
+
+def default_state_dir(store_id: str) -> Path:
+    """$XDG_STATE_HOME/dmsfs/<id>, or /var/lib/dmsfs/<id> for root (SPEC section 2)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/dmsfs") / store_id
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dmsfs" / store_id
+

@@ -1,0 +1,525 @@
+"""What the store looks like as a file system: the live tree of every dataset.
+
+The root lists datasets; each dataset is a directory holding an ordinary tree
+of files, directories and symlinks.  Every operation here is one short LMDB
+transaction on the trio thread, except file data, which goes through a
+FileWriter (writes) or the ChunkStore (reads).  Metadata changes commit at once;
+file data commits when a writer is flushed (close), so a file is either its old
+or its new content, never a mix.
+
+Inputs are raw names (bytes) and inode numbers; outputs are Inode records.  Any
+failure is a DmsfsError that says which errno it means.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from .content import ChunkList
+from .errors import (
+    CrossDataset,
+    Exists,
+    InvalidArgument,
+    InvalidName,
+    IsADirectory,
+    NameTooLong,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+)
+from .index import HOLE, ROOT_INO, Inode, Txn
+from .repo import Repo
+from .writer import FileWriter
+
+NAME_MAX = 255
+XATTR_VALUE_MAX = 65536
+DATASET_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+READ_AHEAD_CHUNKS = 2
+
+
+@dataclass
+class Handle:
+    """One open file."""
+
+    ino: int
+    next_offset: int = 0
+
+
+@dataclass
+class OpenInode:
+    """Per-inode state shared by all of its open handles."""
+
+    content: ChunkList
+    handles: int = 0
+    writer: FileWriter | None = None
+    mtime_ns: int | None = None       # set by writes; applied at commit
+    unlinked: bool = field(default=False)
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise NameTooLong()
+    if not name or b"/" in name or name in (b".", b".."):
+        raise InvalidName(f"invalid name {name!r}")
+
+
+class Vfs:
+    """File-system semantics over a Repo."""
+
+    def __init__(self, repo: Repo, *, read_only: bool = False) -> None:
+        self.repo = repo
+        self.index = repo.index
+        self.read_only = read_only
+        self._handles: dict[int, Handle] = {}
+        self._open: dict[int, OpenInode] = {}
+        self._next_fh = 1
+        # read-only attributes the daemon publishes on the mount root (its API socket)
+        self.root_xattrs: dict[bytes, bytes] = {}
+        self._spool_dir = repo.state_dir / "spool"
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self._spool_dir.iterdir():
+            stale.unlink()
+
+    # ------------------------------------------------------------ helpers
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly()
+
+    @staticmethod
+    def _get(t: Txn, ino: int) -> Inode:
+        inode = t.get_inode(ino)
+        if inode is None:
+            raise NotFound(f"no inode {ino}")
+        return inode
+
+    def _dir(self, t: Txn, ino: int) -> Inode:
+        inode = self._get(t, ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise NotADirectory()
+        return inode
+
+    def _check_new_name(self, t: Txn, parent: Inode, name: bytes, is_dir: bool) -> None:
+        _check_name(name)
+        if parent.ino == ROOT_INO:
+            if not is_dir:
+                raise NotPermitted("only dataset directories live at the top level")
+            if not DATASET_NAME.fullmatch(name):
+                raise InvalidName(f"invalid dataset name {name!r}")
+        elif parent.parent == ROOT_INO and name.startswith(b"@"):
+            raise InvalidName("names starting with @ are reserved at a dataset root")
+
+    def dataset_of(self, t: Txn, ino: int) -> int:
+        """Inode of the dataset directory that holds ino (ROOT_INO for the root)."""
+        while ino != ROOT_INO:
+            inode = self._get(t, ino)
+            if inode.parent == ROOT_INO:
+                return ino
+            ino = inode.parent
+        return ROOT_INO
+
+    def _touch_dir(self, t: Txn, parent: Inode, now: int) -> None:
+        parent.mtime_ns = parent.ctime_ns = now
+        t.put_inode(parent)
+
+    def _drop(self, t: Txn, inode: Inode) -> None:
+        """Remove an inode whose last name is gone (kept while open)."""
+        state = self._open.get(inode.ino)
+        if state is not None and state.handles:
+            state.unlinked = True
+            t.add_orphan(inode.ino)
+            return
+        if stat.S_ISREG(inode.mode):
+            t.add_counter("live_bytes", -inode.size)
+        t.delete_inode(inode.ino)
+
+    # ------------------------------------------------------------ attributes
+    def ensure_root(self, uid: int, gid: int) -> None:
+        """Create the root directory of a new index; clean up orphans of a crash."""
+        with self.index.write() as t:
+            if t.get_inode(ROOT_INO) is None:
+                now = _now()
+                t.put_inode(Inode(ROOT_INO, stat.S_IFDIR | 0o755, uid, gid, 0, now, now, now,
+                                  ROOT_INO))
+            for ino in t.iter_orphans():
+                inode = t.get_inode(ino)
+                if inode is not None:
+                    self._drop(t, inode)
+                else:
+                    t.delete_inode(ino)
+
+    def getattr(self, ino: int) -> Inode:
+        with self.index.read() as t:
+            inode = self._get(t, ino)
+        state = self._open.get(ino)
+        if state is not None and state.writer is not None:
+            inode.size = state.writer.size
+            if state.mtime_ns is not None:
+                inode.mtime_ns = state.mtime_ns
+        return inode
+
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        if name == b".":
+            return self.getattr(parent)
+        if name == b"..":
+            return self.getattr(self.getattr(parent).parent)
+        if len(name) > NAME_MAX:
+            raise NameTooLong()
+        with self.index.read() as t:
+            ino = t.lookup(parent, name)
+            if ino is None:
+                self._dir(t, parent)
+                raise NotFound()
+        return self.getattr(ino)
+
+    def readdir(self, ino: int, after: int) -> Generator[tuple[int, bytes, Inode], None, None]:
+        """(cookie, name, attributes) of entries after the cookie `after`."""
+        with self.index.read() as t:
+            self._dir(t, ino)
+            for cookie, name, child in t.iter_entries(ino, after):
+                inode = t.get_inode(child)
+                if inode is not None:
+                    yield cookie, name, inode
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None) -> Inode:
+        self._writable()
+        now = _now()
+        with self.index.write() as t:
+            inode = self._get(t, ino)
+            if mode is not None:
+                inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                inode.uid = uid
+            if gid is not None:
+                inode.gid = gid
+            if atime_ns is not None:
+                inode.atime_ns = atime_ns
+            if mtime_ns is not None:
+                inode.mtime_ns = mtime_ns
+                state = self._open.get(ino)
+                if state is not None:
+                    state.mtime_ns = mtime_ns
+            inode.ctime_ns = now
+            t.put_inode(inode)
+        return self.getattr(ino)
+
+    async def truncate(self, ino: int, size: int) -> Inode:
+        """Set a file's size; committed now unless the file is open for writing."""
+        self._writable()
+        inode = self.getattr(ino)
+        if stat.S_ISDIR(inode.mode):
+            raise IsADirectory()
+        if size < 0:
+            raise InvalidArgument("negative size")
+        state = self._state(ino)
+        try:
+            writer = self._writer(ino, state)
+            async with writer.lock:
+                await writer.truncate(size)
+            state.mtime_ns = _now()
+            if state.handles == 1:  # not open elsewhere: truncate(2) is committed now
+                await self._commit(ino, state)
+        finally:
+            self._release_state(ino, state)
+        return self.getattr(ino)
+
+    # ------------------------------------------------------------ namespace changes
+    def _new_inode(self, t: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                   target: bytes = b"") -> Inode:
+        self._writable()
+        p = self._dir(t, parent)
+        self._check_new_name(t, p, name, stat.S_ISDIR(mode))
+        if t.lookup(parent, name) is not None:
+            raise Exists()
+        now = _now()
+        inode = Inode(t.allocate_ino(), mode, uid, gid, len(target), now, now, now, parent,
+                      target)
+        t.put_inode(inode)
+        t.add_entry(parent, name, inode.ino)
+        self._touch_dir(t, p, now)
+        return inode
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        with self.index.write() as t:
+            return self._new_inode(t, parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        if not stat.S_ISREG(mode):
+            raise NotPermitted("only regular files, directories and symlinks are stored")
+        with self.index.write() as t:
+            return self._new_inode(t, parent, name, mode, uid, gid)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        with self.index.write() as t:
+            return self._new_inode(t, parent, name, stat.S_IFLNK | 0o777, uid, gid, target)
+
+    def readlink(self, ino: int) -> bytes:
+        inode = self.getattr(ino)
+        if not stat.S_ISLNK(inode.mode):
+            raise InvalidArgument("not a symlink")
+        return inode.target
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        self._writable()
+        with self.index.write() as t:
+            p = self._dir(t, parent)
+            ino = t.lookup(parent, name)
+            if ino is None:
+                raise NotFound()
+            inode = self._get(t, ino)
+            if stat.S_ISDIR(inode.mode):
+                raise IsADirectory()
+            t.remove_entry(parent, name)
+            self._touch_dir(t, p, _now())
+            self._drop(t, inode)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self._writable()
+        with self.index.write() as t:
+            p = self._dir(t, parent)
+            ino = t.lookup(parent, name)
+            if ino is None:
+                raise NotFound()
+            inode = self._get(t, ino)
+            if not stat.S_ISDIR(inode.mode):
+                raise NotADirectory()
+            if t.has_entries(ino):
+                raise NotEmpty()
+            t.remove_entry(parent, name)
+            self._touch_dir(t, p, _now())
+            t.delete_inode(ino)
+
+    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
+               noreplace: bool = False) -> None:
+        """Move a name, replacing what the target name held, in one transaction."""
+        self._writable()
+        with self.index.write() as t:
+            op = self._dir(t, old_parent)
+            np = op if new_parent == old_parent else self._dir(t, new_parent)
+            ino = t.lookup(old_parent, old)
+            if ino is None:
+                raise NotFound()
+            inode = self._get(t, ino)
+            is_dir = stat.S_ISDIR(inode.mode)
+            self._check_new_name(t, np, new, is_dir)
+            if old_parent != new_parent and (
+                self.dataset_of(t, old_parent) != self.dataset_of(t, new_parent)
+                or ROOT_INO in (old_parent, new_parent)
+            ):
+                raise CrossDataset()
+            target_ino = t.lookup(new_parent, new)
+            if target_ino == ino:
+                return
+            if target_ino is not None:
+                if noreplace:
+                    raise Exists()
+                target = self._get(t, target_ino)
+                if stat.S_ISDIR(target.mode):
+                    if not is_dir:
+                        raise IsADirectory()
+                    if t.has_entries(target_ino):
+                        raise NotEmpty()
+                    t.delete_inode(target_ino)
+                else:
+                    if is_dir:
+                        raise NotADirectory()
+                    self._drop(t, target)
+            now = _now()
+            t.remove_entry(old_parent, old)
+            t.add_entry(new_parent, new, ino)
+            inode.parent = new_parent
+            inode.ctime_ns = now
+            t.put_inode(inode)
+            self._touch_dir(t, op, now)
+            if np is not op:
+                self._touch_dir(t, np, now)
+
+    # ------------------------------------------------------------ extended attributes
+    @staticmethod
+    def _xattr_name(name: bytes) -> bytes:
+        if len(name) > NAME_MAX:
+            raise NameTooLong()
+        return name
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        if ino == ROOT_INO and name in self.root_xattrs:
+            return self.root_xattrs[name]
+        with self.index.read() as t:
+            value = t.get_xattr(ino, self._xattr_name(name))
+            if value is None:
+                self._get(t, ino)
+                raise NoAttribute()
+            return bytes(value)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self.index.read() as t:
+            self._get(t, ino)
+            names = t.list_xattrs(ino)
+        return [*self.root_xattrs, *names] if ino == ROOT_INO else names
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._writable()
+        if not name.startswith(b"user."):
+            raise NotSupported("only user.* extended attributes are stored")
+        if len(value) > XATTR_VALUE_MAX:
+            raise InvalidArgument("extended attribute value too large")
+        with self.index.write() as t:
+            inode = self._get(t, ino)
+            t.put_xattr(ino, self._xattr_name(name), value)
+            inode.ctime_ns = _now()
+            t.put_inode(inode)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._writable()
+        with self.index.write() as t:
+            self._get(t, ino)
+            if not t.delete_xattr(ino, self._xattr_name(name)):
+                raise NoAttribute()
+
+    # ------------------------------------------------------------ file data
+    def _state(self, ino: int) -> OpenInode:
+        state = self._open.get(ino)
+        if state is None:
+            with self.index.read() as t:
+                content = ChunkList(t.get_content(ino))
+            state = self._open[ino] = OpenInode(content)
+        state.handles += 1
+        return state
+
+    def _release_state(self, ino: int, state: OpenInode) -> None:
+        state.handles -= 1
+        if state.handles == 0:
+            if state.writer is not None:
+                state.writer.close()
+            del self._open[ino]
+            if state.unlinked:
+                with self.index.write() as t:
+                    inode = t.get_inode(ino)
+                    if inode is not None:
+                        if stat.S_ISREG(inode.mode):
+                            t.add_counter("live_bytes", -inode.size)
+                        t.delete_inode(ino)
+
+    def _writer(self, ino: int, state: OpenInode) -> FileWriter:
+        if state.writer is None:
+            state.writer = FileWriter(state.content, self._spool_dir, self.repo.chunks,
+                                      self.repo.chunker)
+        return state.writer
+
+    def _new_handle(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(ino)
+        return fh
+
+    async def open(self, ino: int, write: bool, truncate: bool) -> int:
+        """Open a regular file; returns a handle."""
+        inode = self.getattr(ino)
+        if stat.S_ISDIR(inode.mode):
+            raise IsADirectory()
+        if write:
+            self._writable()
+        state = self._state(ino)
+        if truncate and write:
+            writer = self._writer(ino, state)
+            async with writer.lock:
+                await writer.truncate(0)
+            state.mtime_ns = _now()
+        return self._new_handle(ino)
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int
+               ) -> tuple[int, Inode]:
+        with self.index.write() as t:
+            inode = self._new_inode(t, parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        self._state(inode.ino)
+        return self._new_handle(inode.ino), inode
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        h = self._handles[fh]
+        state = self._open[h.ino]
+        sequential = offset == h.next_offset
+        h.next_offset = offset + length
+        if state.writer is not None and state.writer.changed:
+            return await state.writer.read(offset, length)
+        content = state.content
+        parts: list[bytes] = []
+        last = -1
+        for i, _, cid, lo, hi in content.spans(offset, offset + length):
+            parts.append(bytes(hi - lo) if cid == HOLE else
+                         (await self.repo.chunks.get(cid))[lo:hi])
+            last = i
+        if sequential and last >= 0:
+            for cid, _ in content.chunks[last + 1 : last + 1 + READ_AHEAD_CHUNKS]:
+                if cid != HOLE:
+                    self.repo.chunks.prefetch(cid)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        self._writable()
+        ino = self._handles[fh].ino
+        state = self._open[ino]
+        writer = self._writer(ino, state)
+        async with writer.lock:
+            writer.write(offset, data)
+        state.mtime_ns = _now()
+        if writer.wants_background_cut():
+            self.repo.chunks.start_task(writer.background_cut)
+        return len(data)
+
+    async def _commit(self, ino: int, state: OpenInode) -> None:
+        writer = state.writer
+        if writer is None or not writer.changed:
+            return
+        async with writer.lock:
+            if not writer.changed:
+                return
+            result = await writer.commit()
+            with self.index.write() as t:
+                inode = self._get(t, ino)
+                for cid, loc in result.new_locations.items():
+                    if t.get_location(cid) is None:
+                        t.put_location(cid, loc)
+                t.put_content(ino, result.content.chunks)
+                t.add_counter("live_bytes", result.content.size - inode.size)
+                inode.size = result.content.size
+                if state.mtime_ns is not None:
+                    inode.mtime_ns = state.mtime_ns
+                inode.ctime_ns = _now()
+                t.put_inode(inode)
+            writer.committed(result.content)
+            state.content = result.content
+            state.mtime_ns = None
+
+    async def flush(self, fh: int) -> None:
+        """Commit what was written through any handle of this file (close())."""
+        ino = self._handles[fh].ino
+        await self._commit(ino, self._open[ino])
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+        await self.repo.sync()
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh)
+        state = self._open[h.ino]
+        try:
+            await self._commit(h.ino, state)
+        finally:
+            self._release_state(h.ino, state)
+
+    # ------------------------------------------------------------ file system
+    def statfs(self) -> dict[str, int]:
+        return self.repo.statfs()
