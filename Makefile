@@ -33,7 +33,7 @@ run: setup
 	$(VENV)/bin/dmsfsd file://$(STORE) $(MNT) --state $(STATE) --demo --foreground
 
 test: setup
-	$(VENV)/bin/pytest
+	DMSFS_TEST_REQUIRE=fuse $(VENV)/bin/pytest
 
 bench: setup
 	$(VENV)/bin/python -P bench/run.py

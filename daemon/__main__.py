@@ -13,10 +13,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import trio
 
+from dmsfs.chunker import ChunkerParams
+from dmsfs.config import StoreConfig
 from dmsfs.errors import DmsfsError
 from dmsfs.log import setup_logging
 from dmsfs.repo import Repo
@@ -52,7 +55,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reindex", action="store_true",
                    help="rebuild the chunk index from the store before mounting")
     p.add_argument("--demo", action="store_true", help="create a demo dataset in a new store")
+    init = p.add_argument_group("new stores only (recorded in the store's config)")
+    init.add_argument("--chunk-size", type=_chunk_sizes, metavar="MIN,AVG,MAX",
+                      help="content-defined chunk sizes (default 256K,1M,4M)")
+    init.add_argument("--pack-size", type=parse_size, metavar="BYTES",
+                      help="target pack object size (default 16M)")
     return p
+
+
+def _chunk_sizes(text: str) -> ChunkerParams:
+    sizes = [parse_size(part) for part in text.split(",")]
+    if len(sizes) != 3 or not 64 <= sizes[0] < sizes[1] < sizes[2] <= 16 << 20:
+        raise argparse.ArgumentTypeError("need MIN,AVG,MAX with 64 <= MIN < AVG < MAX <= 16M")
+    return ChunkerParams(*sizes)
+
+
+def _proposed(args: argparse.Namespace) -> StoreConfig:
+    cfg = StoreConfig()
+    if args.chunk_size:
+        cfg = replace(cfg, chunker=args.chunk_size)
+    if args.pack_size:
+        cfg = replace(cfg, pack_size=args.pack_size)
+    return cfg
 
 
 def _detach(argv: list[str], mountpoint: Path) -> int:
@@ -77,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         if args.init_only:
-            repo = Repo.open(args.store_url, args.state, args.cache_size)
+            repo = Repo.open(args.store_url, args.state, args.cache_size, _proposed(args))
             print(f"store {repo.store.url} ready (id {repo.config.store_id})")
             repo.close()
             return 0
@@ -91,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             store_url=args.store_url, mountpoint=args.mountpoint.resolve(),
             state_dir=args.state.resolve() if args.state else None, read_only=args.read_only,
             allow_other=args.allow_other, cache_size=args.cache_size, reindex=args.reindex,
-            demo=args.demo))
+            demo=args.demo, proposed=_proposed(args)))
         return 0
     except DmsfsError as e:
         print(f"dmsfsd: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from dmsfs.config import StoreConfig
 from dmsfs.repo import Repo
 from dmsfs.vfs import Vfs
 
@@ -34,6 +35,7 @@ class DaemonOptions:
     cache_size: int = 64 << 20
     reindex: bool = False
     demo: bool = False
+    proposed: StoreConfig | None = None   # config for a store that does not exist yet
 
 
 def _raise_read_ahead(mountpoint: Path) -> None:
@@ -60,7 +62,7 @@ async def _stop_on_signals() -> None:
 
 async def run(opts: DaemonOptions) -> None:
     """Mount the store and serve until unmounted or signalled."""
-    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size)
+    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed)
     try:
         vfs = Vfs(repo, read_only=opts.read_only)
         vfs.ensure_root(os.getuid(), os.getgid())
