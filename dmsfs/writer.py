@@ -28,6 +28,7 @@ from .index import HOLE, Location
 
 WINDOW = 8 * 1024 * 1024
 MIN_HOLE = 64 * 1024
+INLINE_CUT = 128 * 1024
 
 
 @dataclass
@@ -193,6 +194,10 @@ class FileWriter:
             pos += at
         return made
 
+    def _spooled(self, start: int, end: int) -> bool:
+        """True when [start, end) needs no committed chunk (all in the spool)."""
+        return all(inside for _, _, inside in self.dirty.pieces(start, end))
+
     def wants_background_cut(self) -> bool:
         """True when enough stable bytes wait at the tail to cut them now."""
         if self._cutting:
@@ -240,8 +245,12 @@ class FileWriter:
                 if pre is not None and pre.start == a and pre.end <= b:
                     out.extend(pre.chunks)
                     a = pre.end
-                out.extend(await trio.to_thread.run_sync(self._cut_range, a, b, True,
-                                                         limiter=self.chunks.cpu))
+                if b - a <= INLINE_CUT and self._spooled(a, min(b, self.base.size)):
+                    # hashing a small spooled range costs less than the hop to a thread
+                    out.extend(self._cut_range(a, b, True))
+                else:
+                    out.extend(await trio.to_thread.run_sync(self._cut_range, a, b, True,
+                                                             limiter=self.chunks.cpu))
         self.chunks.wake_sealer()
         return Commit(ChunkList(out), dict(self._locations))
 
