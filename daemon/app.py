@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_SEAL_SECONDS = 120
 READ_AHEAD_KB = 1024
+# Worker threads that hold the GIL (chunk cutting) would otherwise make the FUSE
+# loop wait up to the default 5 ms each time it gives the GIL up for I/O.
+SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -62,6 +66,7 @@ async def _stop_on_signals() -> None:
 
 async def run(opts: DaemonOptions) -> None:
     """Mount the store and serve until unmounted or signalled."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed)
     try:
         vfs = Vfs(repo, read_only=opts.read_only)

@@ -15,7 +15,6 @@ part, so close() has only the last few MiB left to do and memory stays flat.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,9 +56,8 @@ class FileWriter:
         self.size = base.size
         self.chunks = chunks
         self.chunker = chunker
-        fd, path = tempfile.mkstemp(dir=spool_dir, prefix="spool-")
-        os.unlink(path)  # nothing to clean up after a crash: uncommitted data is dropped
-        self.spool = fd
+        # An unnamed file: nothing to clean up after a crash (uncommitted data is dropped).
+        self.spool = os.open(spool_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
         self.dirty = IntervalSet()
         self.truncated = False
         self.lock = trio.Lock()
