@@ -1,11 +1,12 @@
 """Chunk storage: deduplication, staging, sealing into packs, verified reads.
 
 Write side (worker threads): put() hashes a chunk, skips it if the index or the
-staging area already has it, else appends it raw to the open staging file.  A
-sealer task compresses full (or idle) staging files into pack objects, stores
-them, and repoints the chunks' index entries from the staging file to the pack
-in one LMDB transaction.  Keeping compression out of put() is what lets close()
-return after hashing alone, while zstd runs on the other core.
+staging area already has it, else compresses it and appends it to the open
+staging file, which is laid out as a pack.  A sealer task finishes full (or
+idle) staging files as packs, moves them into the store under the same id, and
+repoints the chunks' index entries from staging to the pack in one LMDB
+transaction.  Chunk bytes are written once; big files are cut, hashed and
+compressed in worker threads while they stream in.
 
 Read side: get() serves a chunk from the decompressed-chunk cache, else fetches
 its blob (staging file or ranged read of a pack) in a worker thread, decodes
@@ -21,12 +22,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import blake3
 import trio
 
 from . import staging
 from .cache import ChunkCache
-from .codec import PACK_MAGIC, PackEntry, compress, encode_pack_index, open_blob
+from .codec import PACK_MAGIC, PackEntry, compress, open_blob
 from .codec import chunk_id as compute_id
 from .config import StoreConfig
 from .errors import Corrupt, NoSuchObject
@@ -54,9 +54,7 @@ class ChunkStore:
         self.index = index
         self.config = config
         self.staging_dir = state_dir / "staging"
-        self.outgoing_dir = state_dir / "outgoing"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        self.outgoing_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
         self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.io = trio.CapacityLimiter(8)
@@ -73,7 +71,7 @@ class ChunkStore:
 
     # ------------------------------------------------------------ write side
     def put(self, data: bytes | memoryview) -> tuple[bytes, Location | None]:
-        """Store one chunk (blocking; call from a worker thread).
+        """Store one chunk (blocking; call from a worker thread, or inline for small ones).
 
         Returns its id and, when this call staged it, its new location, which the
         caller's commit must record in the index.
@@ -85,11 +83,15 @@ class ChunkStore:
         with self._lock:
             if cid in self._pending:
                 return cid, None
+        stored, flags = compress(data, self.config.zstd_level)
+        with self._lock:
+            if cid in self._pending:
+                return cid, None
             if self._current is None:
                 self._current = StagingFile(self.staging_dir, os.urandom(32))
             cur = self._current
-            e = cur.append(cid, data)
-            loc = Location(cur.id, e.offset, e.raw_len, e.raw_len, FLAG_STAGED)
+            e = cur.append(cid, stored, len(data), flags)
+            loc = Location(cur.id, e.offset, e.stored_len, e.raw_len, e.flags | FLAG_STAGED)
             self._pending[cid] = loc
             self._last_append = time.monotonic()
             if cur.size >= self.config.pack_size:
@@ -159,21 +161,17 @@ class ChunkStore:
 
     async def _seal(self, sf: StagingFile) -> None:
         try:
-            pack_id, entries, size = await trio.to_thread.run_sync(
-                self._write_pack, sf, limiter=self.cpu)
-            with self.index.write() as t:
-                for e in entries:
-                    t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
-                                                   e.flags))
-                t.add_pack(pack_id, size, len(entries))
+            size = await trio.to_thread.run_sync(self._store_pack, sf, limiter=self.io)
+            self._adopt(sf.id, sf.entries, size)
             with self._lock:
                 for e in sf.entries:
                     if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
                         del self._pending[e.cid]
             sf.remove()
-            log.debug("sealed %s: %d chunks, %d bytes", pack_id.hex()[:12], len(entries), size)
+            log.debug("sealed pack %s: %d chunks, %d bytes", sf.id.hex()[:12], len(sf.entries),
+                      size)
         except Exception:
-            log.exception("sealing staging file %s failed; will retry", sf.id.hex()[:12])
+            log.exception("storing pack %s failed; will retry", sf.id.hex()[:12])
             with self._lock:
                 self._full.append(sf)
             await trio.sleep(1)
@@ -182,47 +180,42 @@ class ChunkStore:
             self._sealed_event.set()
             self._sealed_event = trio.Event()
 
-    def _write_pack(self, sf: StagingFile) -> tuple[bytes, list[PackEntry], int]:
-        """Compress a staging file into a pack object and store it (worker thread)."""
-        tmp = self.outgoing_dir / f"{sf.id.hex()}.pack"
-        hasher = blake3.blake3()
-        entries: list[PackEntry] = []
-        with open(tmp, "wb") as out:
-            def emit(buf: bytes | memoryview) -> None:
-                out.write(buf)
-                hasher.update(buf)
+    def _store_pack(self, sf: StagingFile) -> int:
+        """Finish a staging file as a pack and move it into the store (worker thread)."""
+        size = sf.seal()
+        self.store.put_file(pack_key(sf.id), sf.data_path)
+        return size
 
-            emit(PACK_MAGIC)
-            offset = len(PACK_MAGIC)
-            for e in sf.entries:
-                stored, flags = compress(sf.read(e), self.config.zstd_level)
-                emit(stored)
-                entries.append(PackEntry(e.cid, offset, len(stored), e.raw_len, flags))
-                offset += len(stored)
-            emit(encode_pack_index(entries))
-            size = out.tell()
-        pack_id = hasher.digest()
-        self.store.put_file(pack_key(pack_id), tmp)
-        return pack_id, entries, size
+    def _adopt(self, pack_id: bytes, entries: list[PackEntry], size: int) -> None:
+        """Point the index at a stored pack's chunks."""
+        with self.index.write() as t:
+            for e in entries:
+                t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
+                                               e.flags))
+            t.add_pack(pack_id, size, len(entries))
 
     async def recover(self) -> None:
         """Adopt staging files a previous run left behind: index, then seal them."""
         for sid in staging.existing(self.staging_dir):
             sf = StagingFile(self.staging_dir, sid)
+            if sf.size == len(PACK_MAGIC) and (entries := staging.logged(sf)):
+                # the data went into the store, the crash came before the index knew
+                size = await trio.to_thread.run_sync(self.store.size, pack_key(sid))
+                self._adopt(sid, entries, size)
+                sf.remove()
+                continue
             entries = await trio.to_thread.run_sync(sf.load)
             with self.index.write() as t:
                 for e in entries:
                     if t.get_location(e.cid) is None:
-                        t.put_location(e.cid, Location(sid, e.offset, e.raw_len, e.raw_len,
-                                                       FLAG_STAGED))
+                        t.put_location(e.cid, Location(sid, e.offset, e.stored_len, e.raw_len,
+                                                       e.flags | FLAG_STAGED))
             if entries:
                 log.info("recovered %d staged chunks from a previous run", len(entries))
                 with self._lock:
                     self._full.append(sf)
             else:
                 sf.remove()
-        for leftover in self.outgoing_dir.glob("*.pack"):
-            leftover.unlink()
 
     # ------------------------------------------------------------ read side
     def location(self, cid: bytes) -> Location:
@@ -237,23 +230,20 @@ class ChunkStore:
 
     def fetch(self, cid: bytes) -> bytes:
         """Read, decode and verify one chunk (blocking; call from a worker thread)."""
-        for _ in range(3):
-            loc = self.location(cid)
-            if loc.flags & FLAG_STAGED:
-                stored = staging.read_staged(self.staging_dir, loc.container, loc.offset,
-                                             loc.raw_len)
-                if stored is None:
-                    continue  # sealed meanwhile: the index now points at the pack
-                return open_blob(stored, 0, loc.raw_len, cid)
-            try:
-                stored = self.store.get_range(pack_key(loc.container), loc.offset,
-                                              loc.stored_len)
-            except NoSuchObject as e:
-                raise Corrupt(f"pack {loc.container.hex()} is missing") from e
-            if len(stored) != loc.stored_len:
-                raise Corrupt(f"pack {loc.container.hex()} is truncated")
-            return open_blob(stored, loc.flags, loc.raw_len, cid)
-        raise Corrupt(f"chunk {cid.hex()} cannot be located")
+        loc = self.location(cid)
+        if loc.flags & FLAG_STAGED:
+            stored = staging.read_staged(self.staging_dir, loc.container, loc.offset,
+                                         loc.stored_len)
+            if stored is not None:
+                return open_blob(stored, loc.flags & ~FLAG_STAGED, loc.raw_len, cid)
+            # sealed meanwhile: the pack has the staging file's id and layout
+        try:
+            stored = self.store.get_range(pack_key(loc.container), loc.offset, loc.stored_len)
+        except NoSuchObject as e:
+            raise Corrupt(f"pack {loc.container.hex()} is missing") from e
+        if len(stored) != loc.stored_len:
+            raise Corrupt(f"pack {loc.container.hex()} is truncated")
+        return open_blob(stored, loc.flags & ~FLAG_STAGED, loc.raw_len, cid)
 
     async def get(self, cid: bytes) -> bytes:
         """One chunk's raw bytes, from cache or store."""
