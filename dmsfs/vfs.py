@@ -477,7 +477,7 @@ class Vfs:
         state = self._open[ino]
         writer = self._writer(ino, state)
         async with writer.lock:
-            writer.write(offset, data)
+            await writer.write(offset, data)
         state.mtime_ns = _now()
         if writer.wants_background_cut():
             self.repo.chunks.start_task(writer.background_cut)

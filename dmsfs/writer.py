@@ -1,20 +1,30 @@
 """FileWriter: the uncommitted state of one file being written.
 
-New bytes go to a sparse spool file in the state dir at their file offsets; the
-IntervalSet `dirty` says which ranges of the spool hold data.  Committing
-re-chunks only the regions that changed: every committed chunk a write touched
-(plus the last chunk when the file grew right after it, so content-defined
-boundaries come out as if the whole file had been chunked anew), and leaves the
-other chunks as they are.  Zero gaps past the old end become holes.
+Where new bytes wait, by how they arrive:
 
-A large sequential write is chunked while it arrives: once enough bytes are
-ahead of the tail region's cursor, a background pass cuts and stores the stable
-part, so close() has only the last few MiB left to do and memory stays flat.
+- appends at the end of the file go to the *ring*, an anonymous memory map of
+  at most RING_CAP bytes holding the file's last bytes [ring_start, size).
+  Writing there costs a memcpy into pages that are reused, where a fresh spool
+  page would cost an allocation in the page cache;
+- a background pass cuts, hashes, compresses and stores the stable part of a
+  growing tail (the *precut*) and frees those ring bytes, so close() has only
+  the last few MiB left to do and memory stays flat whatever the file size;
+- any other write (random offset, overwrite, a gap) goes to the *spool*, a
+  sparse unnamed file in the state dir, at its file offset; the ring is spilled
+  there first if the write touches it.
+
+`dirty` holds every uncommitted byte range; `spooled` the part of it that is in
+the spool.  Committing re-chunks only the regions that changed: every committed
+chunk a write touched (plus the last chunk when the file grew right after it,
+so content-defined cut points come out as if the whole file had been chunked
+anew) and keeps the other chunks.  Zero gaps past the old end become holes.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +36,7 @@ from .content import ChunkList, IntervalSet
 from .index import HOLE, Location
 
 WINDOW = 8 * 1024 * 1024
+RING_CAP = 32 * 1024 * 1024
 MIN_HOLE = 64 * 1024
 INLINE_CUT = 128 * 1024
 
@@ -38,6 +49,9 @@ class _Precut:
     end: int
     chunks: list[tuple[bytes, int]] = field(default_factory=list)
 
+    def content(self) -> ChunkList:
+        return ChunkList(self.chunks)
+
 
 @dataclass
 class Commit:
@@ -48,7 +62,7 @@ class Commit:
 
 
 class FileWriter:
-    """Spooled, not yet committed changes to one file."""
+    """Not yet committed changes to one file."""
 
     def __init__(self, base: ChunkList, spool_dir: Path, chunks: ChunkStore,
                  chunker: Chunker) -> None:
@@ -56,11 +70,15 @@ class FileWriter:
         self.size = base.size
         self.chunks = chunks
         self.chunker = chunker
-        # An unnamed file: nothing to clean up after a crash (uncommitted data is dropped).
-        self.spool = os.open(spool_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
         self.dirty = IntervalSet()
+        self.spooled = IntervalSet()
         self.truncated = False
         self.lock = trio.Lock()
+        self._spool_dir = spool_dir
+        self._spool: int | None = None
+        self._ring: mmap.mmap | None = None
+        self._rlo = self._rhi = 0          # live bytes are ring[_rlo:_rhi]
+        self._ring_start = 0               # file offset of ring[_rlo]
         self._pre: _Precut | None = None
         self._locations: dict[bytes, Location] = {}
         self._cutting = False
@@ -71,70 +89,193 @@ class FileWriter:
         return bool(self.dirty) or self.truncated
 
     def close(self) -> None:
-        os.close(self.spool)
+        if self._spool is not None:
+            os.close(self._spool)
+            self._spool = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    # ------------------------------------------------------------ where bytes live
+    @property
+    def _ring_len(self) -> int:
+        return self._rhi - self._rlo
+
+    def _spool_fd(self) -> int:
+        if self._spool is None:
+            # unnamed: nothing to clean up after a crash (uncommitted data is dropped)
+            self._spool = os.open(self._spool_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
+        return self._spool
+
+    def _to_spool(self, offset: int, data: bytes | memoryview) -> None:
+        os.pwrite(self._spool_fd(), data, offset)
+        self.spooled.add(offset, offset + len(data))
+
+    def _spill_ring(self) -> None:
+        """Move the ring's bytes to the spool (no cut may be running)."""
+        if self._ring_len and self._ring is not None:
+            self._to_spool(self._ring_start, memoryview(self._ring)[self._rlo:self._rhi])
+        self._rlo = self._rhi = 0
+
+    def _ring_append(self, data: bytes) -> bool:
+        """Append at EOF into the ring if it fits (no cut may be running)."""
+        if self._ring is None:
+            self._ring = mmap.mmap(-1, RING_CAP)
+        if not self._ring_len:
+            self._rlo = self._rhi = 0
+            self._ring_start = self.size
+        if self._rhi + len(data) > RING_CAP and self._rlo:
+            self._ring.move(0, self._rlo, self._ring_len)  # reuse the same pages
+            self._rhi -= self._rlo
+            self._rlo = 0
+        if self._rhi + len(data) > RING_CAP:
+            return False
+        self._ring[self._rhi:self._rhi + len(data)] = data
+        self._rhi += len(data)
+        return True
+
+    async def _quiesce(self) -> None:
+        """Wait until no background cut reads the ring."""
+        while self._cutting:
+            await self._cut_done.wait()
+
+    def _pieces(self, start: int, end: int) -> Iterator[tuple[int, int, str]]:
+        """Split [start, end) by where its bytes are: spool, ring, pre, base or zero."""
+        base_end = self.base.size
+        for a, b, dirty in self.dirty.pieces(start, end):
+            if not dirty:
+                if a < base_end:
+                    yield a, min(b, base_end), "base"
+                if b > base_end:
+                    yield max(a, base_end), b, "zero"
+                continue
+            for c, d, spooled in self.spooled.pieces(a, b):
+                if spooled:
+                    yield c, d, "spool"
+                    continue
+                ring_from = self._ring_start if self._ring_len else d
+                if c < ring_from:
+                    yield c, min(d, ring_from), "pre"
+                if d > ring_from:
+                    yield max(c, ring_from), d, "ring"
+
+    def _spans(self, a: int, b: int, kind: str) -> Iterator[tuple[bytes, int, int]]:
+        """(chunk id, from, to) covering [a, b) of a "base" or "pre" piece."""
+        if kind == "base":
+            content, shift = self.base, 0
+        else:
+            assert self._pre is not None, "dirty bytes outside spool, ring and precut"
+            content, shift = self._pre.content(), self._pre.start
+        for _, _, cid, lo, hi in content.spans(a - shift, b - shift):
+            yield cid, lo, hi
+
+    def _direct(self, a: int, b: int, kind: str) -> bytes:
+        """Bytes of a "spool", "ring" or "zero" piece."""
+        if kind == "spool":
+            return os.pread(self._spool_fd(), b - a, a)
+        if kind == "ring":
+            lo = self._rlo + a - self._ring_start
+            return self._ring[lo:lo + b - a]  # type: ignore[index]
+        return bytes(b - a)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Current content, committed or not."""
+        parts: list[bytes] = []
+        for a, b, kind in self._pieces(offset, min(offset + length, self.size)):
+            if kind in ("base", "pre"):
+                for cid, lo, hi in self._spans(a, b, kind):
+                    parts.append(bytes(hi - lo) if cid == HOLE
+                                 else (await self.chunks.get(cid))[lo:hi])
+            else:
+                parts.append(self._direct(a, b, kind))
+        return b"".join(parts)
+
+    def _read_sync(self, offset: int, length: int) -> bytes | memoryview:
+        """read() for worker threads: committed chunks are fetched, not cached, and a
+        range wholly in the ring comes back as a view of it (no copy)."""
+        end = offset + length
+        if self._ring_len and self._ring_start <= offset and not self.spooled.overlaps(
+                offset, end):
+            lo = self._rlo + offset - self._ring_start
+            return memoryview(self._ring)[lo:lo + length]  # type: ignore[arg-type]
+        parts: list[bytes] = []
+        for a, b, kind in self._pieces(offset, end):
+            if kind in ("base", "pre"):
+                for cid, lo, hi in self._spans(a, b, kind):
+                    parts.append(bytes(hi - lo) if cid == HOLE else self.chunks.fetch(cid)[lo:hi])
+            else:
+                parts.append(self._direct(a, b, kind))
+        return b"".join(parts)
 
     # ------------------------------------------------------------ changes
-    def write(self, offset: int, data: bytes) -> None:
-        """Record a write (a plain write into the page cache: fast, done inline)."""
-        os.pwrite(self.spool, data, offset)
+    async def write(self, offset: int, data: bytes) -> None:
+        """Record a write: appends into the ring, anything else into the spool."""
         end = offset + len(data)
-        if self._pre is not None and offset < self._pre.end:
-            self._pre = None
+        if offset != self.size or not self._fits(len(data)):
+            await self._quiesce()  # what follows may move bytes a running cut reads
+        if offset == self.size:
+            if not self._ring_append(data):
+                self._spill_ring()
+                if not self._ring_append(data):
+                    self._to_spool(offset, data)
+        else:
+            if self._ring_len and (offset > self.size or end > self._ring_start):
+                self._spill_ring()
+            self._to_spool(offset, data)
         self.dirty.add(offset, end)
         self.size = max(self.size, end)
 
+    def _fits(self, n: int) -> bool:
+        """An append fits the ring as it is: nothing a running cut reads moves."""
+        return self._ring_len > 0 and self._rhi + n <= RING_CAP
+
+    async def _materialize_pre(self, end: int) -> None:
+        """Copy the precut's bytes below end into the spool and forget the precut."""
+        pre, self._pre = self._pre, None
+        if pre is None:
+            return
+        pos = pre.start
+        for cid, n in pre.chunks:
+            if pos >= end:
+                break
+            data = await self.chunks.get(cid)
+            keep = min(n, end - pos)
+            if not self.spooled.overlaps(pos, pos + keep):
+                self._to_spool(pos, data[:keep])
+            else:  # only the bytes no later write replaced
+                for a, b, spooled in self.spooled.pieces(pos, pos + keep):
+                    if not spooled:
+                        self._to_spool(a, data[a - pos:b - pos])
+            pos += n
+
     async def truncate(self, size: int) -> None:
         """Shrink or grow to size; grown bytes read as zeros."""
+        await self._quiesce()
+        if size > self.size and self._ring_len:
+            self._spill_ring()  # the ring must end at EOF
         if size < self.size:
-            os.ftruncate(self.spool, size)
-            self.dirty.clip(size)
+            if self._ring_len:
+                if size <= self._ring_start:
+                    self._rlo = self._rhi = 0
+                else:
+                    self._rhi = self._rlo + size - self._ring_start
             if self._pre is not None and size < self._pre.end:
-                self._pre = None
+                await self._materialize_pre(size)
+            if self._spool is not None:
+                os.ftruncate(self._spool, size)
+            self.dirty.clip(size)
+            self.spooled.clip(size)
             if size < self.base.size:
                 i = self.base.index_at(size)
                 keep_from = self.base.offsets[i]
                 if keep_from < size:
                     # the cut chunk's surviving head moves to the spool
                     head = await self.read(keep_from, size - keep_from)
-                    os.pwrite(self.spool, head, keep_from)
+                    self._to_spool(keep_from, head)
                     self.dirty.add(keep_from, size)
                 self.base = self.base.prefix(i)
         self.size = size
         self.truncated = True
-
-    # ------------------------------------------------------------ reading back
-    async def read(self, offset: int, length: int) -> bytes:
-        """Current content, committed or not."""
-        end = min(offset + length, self.size)
-        parts: list[bytes] = []
-        for a, b, spooled in self.dirty.pieces(offset, end):
-            if spooled:
-                parts.append(os.pread(self.spool, b - a, a))
-                continue
-            pos = a
-            for _, off, cid, lo, hi in self.base.spans(a, b):
-                data = bytes(hi - lo) if cid == HOLE else (await self.chunks.get(cid))[lo:hi]
-                parts.append(data)
-                pos = off + hi
-            if pos < b:
-                parts.append(bytes(b - pos))
-        return b"".join(parts)
-
-    def _read_sync(self, offset: int, length: int) -> bytes:
-        """read() for worker threads: committed chunks are fetched, not cached."""
-        end = offset + length
-        parts: list[bytes] = []
-        for a, b, spooled in self.dirty.pieces(offset, end):
-            if spooled:
-                parts.append(os.pread(self.spool, b - a, a))
-                continue
-            pos = a
-            for _, off, cid, lo, hi in self.base.spans(a, b):
-                parts.append(bytes(hi - lo) if cid == HOLE else self.chunks.fetch(cid)[lo:hi])
-                pos = off + hi
-            if pos < b:
-                parts.append(bytes(b - pos))
-        return b"".join(parts)
 
     # ------------------------------------------------------------ chunking
     def _plan(self) -> list[tuple[str, int, int, int]]:
@@ -154,8 +295,8 @@ class FileWriter:
             a, b = base.offsets[i], base.offsets[i + 1]
             touched = dirty.touches(a, b) if i == last else dirty.overlaps(a, b)
             add("cut" if touched else "keep", i, a, b)
-        for a, b, spooled in dirty.pieces(base.size, size):
-            add("hole" if not spooled and b - a >= MIN_HOLE else "cut", -1, a, b)
+        for a, b, inside in dirty.pieces(base.size, size):
+            add("hole" if not inside and b - a >= MIN_HOLE else "cut", -1, a, b)
         return pieces
 
     def tail_region(self) -> tuple[int, int] | None:
@@ -172,16 +313,10 @@ class FileWriter:
         pos = start
         while pos < end:
             stop = min(end, pos + WINDOW)
-            buf = memoryview(self._read_sync(pos, stop - pos))
-            final = at_eof and stop == end
-            lengths = self.chunker.cut(buf, at_eof=final)
+            buf = self._read_sync(pos, stop - pos)
+            lengths = self.chunker.cut(buf, at_eof=at_eof and stop == end)
             if not lengths:
-                if final:
-                    break
-                if stop == end:
-                    break  # not at EOF: the remainder waits for more data
-                # a single chunk longer than the window cannot happen: WINDOW > max_size
-                raise AssertionError("chunker made no progress")
+                break  # not at EOF: the remainder waits for more data
             at = 0
             for n in lengths:
                 cid, loc = self.chunks.put(buf[at : at + n])
@@ -190,11 +325,14 @@ class FileWriter:
                 made.append((cid, n))
                 at += n
             pos += at
+            del buf
         return made
 
-    def _spooled(self, start: int, end: int) -> bool:
-        """True when [start, end) needs no committed chunk (all in the spool)."""
-        return all(inside for _, _, inside in self.dirty.pieces(start, end))
+    def _cuttable(self, start: int, end: int) -> bool:
+        """True when [start, end) can be cut on the trio thread: small and spooled
+        or in the ring, so no committed chunk must be fetched."""
+        return end - start <= INLINE_CUT and all(
+            kind in ("spool", "ring") for _, _, kind in self._pieces(start, end))
 
     def wants_background_cut(self) -> bool:
         """True when enough stable bytes wait at the tail to cut them now."""
@@ -205,22 +343,27 @@ class FileWriter:
 
     async def background_cut(self) -> None:
         """Cut and store the stable part of the tail region (run as a task)."""
+        region = self.tail_region()
+        if region is None or self._cutting:
+            return
+        pre = self._pre
+        if pre is None:
+            pre = self._pre = _Precut(region[0], region[0])
+        elif pre.start != region[0] or self.spooled.overlaps(pre.start, pre.end):
+            return  # the precut no longer leads the tail: the commit cuts the rest
+        stop = self.size - self.chunker.params.max_size
+        if stop - pre.end < WINDOW:
+            return
         self._cutting = True
         try:
-            region = self.tail_region()
-            if region is None:
-                return
-            if self._pre is None or self._pre.start != region[0]:
-                self._pre = _Precut(region[0], region[0])
-            pre = self._pre
-            stop = self.size - self.chunker.params.max_size
-            if stop - pre.end < WINDOW:
-                return
             made = await trio.to_thread.run_sync(self._cut_range, pre.end, stop, False,
                                                  limiter=self.chunks.cpu)
-            if self._pre is pre:  # no write landed in what we cut meanwhile
-                pre.chunks.extend(made)
-                pre.end += sum(n for _, n in made)
+            pre.chunks.extend(made)
+            pre.end += sum(n for _, n in made)
+            if self._ring_len and pre.end > self._ring_start:
+                drop = min(pre.end - self._ring_start, self._ring_len)
+                self._rlo += drop
+                self._ring_start += drop
             self.chunks.wake_sealer()
         finally:
             self._cutting = False
@@ -229,22 +372,21 @@ class FileWriter:
 
     async def commit(self) -> Commit:
         """Cut every changed region and return the file's new content."""
-        while self._cutting:
-            await self._cut_done.wait()
-        pieces = self._plan()
+        await self._quiesce()
         pre = self._pre
         out: list[tuple[bytes, int]] = []
-        for kind, i, a, b in pieces:
+        for kind, i, a, b in self._plan():
             if kind == "keep":
                 out.append(self.base.chunks[i])
             elif kind == "hole":
                 out.append((HOLE, b - a))
             else:
-                if pre is not None and pre.start == a and pre.end <= b:
+                if (pre is not None and pre.start == a and pre.end <= b
+                        and not self.spooled.overlaps(pre.start, pre.end)):
                     out.extend(pre.chunks)
                     a = pre.end
-                if b - a <= INLINE_CUT and self._spooled(a, min(b, self.base.size)):
-                    # hashing a small spooled range costs less than the hop to a thread
+                if self._cuttable(a, b):
+                    # hashing a small range costs less than the hop to a thread
                     out.extend(self._cut_range(a, b, True))
                 else:
                     out.extend(await trio.to_thread.run_sync(self._cut_range, a, b, True,
@@ -257,7 +399,10 @@ class FileWriter:
         self.base = content
         self.size = content.size
         self.dirty.clear()
-        os.ftruncate(self.spool, 0)
+        self.spooled.clear()
+        if self._spool is not None:
+            os.ftruncate(self._spool, 0)
+        self._rlo = self._rhi = 0
         self.truncated = False
         self._pre = None
         self._locations.clear()
