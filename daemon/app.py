@@ -23,6 +23,13 @@ from .fuse_ops import Operations
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SEAL_SECONDS = 120
+DEMO_HINTS = """
+Try, in another terminal:
+  ls -l {mnt}/demo
+  mkdir {mnt}/mydata && cp -a /usr/share/doc {mnt}/mydata/
+  .venv/bin/dmsctl stats
+  .venv/bin/dmsctl fsck --read-data
+Ctrl-C here unmounts."""
 READ_AHEAD_KB = 1024
 # Worker threads that hold the GIL (chunk cutting) would otherwise make the FUSE
 # loop wait up to the default 5 ms each time it gives the GIL up for I/O.
@@ -91,6 +98,8 @@ async def run(opts: DaemonOptions) -> None:
                          opts.mountpoint, socket_path)
                 print(f"dmsfsd: {repo.store.url} mounted at {opts.mountpoint}; "
                       f"control API: unix:{socket_path}", flush=True)
+                if opts.demo:
+                    print(DEMO_HINTS.format(mnt=opts.mountpoint), flush=True)
                 await pyfuse3.main()
             finally:
                 pyfuse3.close(unmount=True)

@@ -89,8 +89,6 @@ class Vfs:
         self.root_xattrs: dict[bytes, bytes] = {}
         self._spool_dir = repo.state_dir / "spool"
         self._spool_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self._spool_dir.iterdir():
-            stale.unlink()
 
     # ------------------------------------------------------------ helpers
     def _writable(self) -> None:
