@@ -49,10 +49,15 @@ class DaemonOptions:
     proposed: StoreConfig | None = None   # config for a store that does not exist yet
 
 
-def _raise_read_ahead(mountpoint: Path) -> None:
-    """Let the kernel read ahead 1 MiB on this mount (fewer, larger read requests)."""
-    # The device comes from mountinfo: stat() of our own mountpoint would wait
-    # for this very process to answer, before its FUSE loop runs.
+async def _raise_read_ahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB on this mount (fewer, larger read requests).
+
+    The kernel sets the mount's read-ahead when it gets the reply to FUSE INIT,
+    which pyfuse3.main() sends, so this runs as a task once the loop is up.  The
+    device comes from mountinfo: stat() of our own mountpoint from the trio
+    thread would wait for this very loop.
+    """
+    await trio.sleep(0.2)
     devs = [line.split()[2] for line in Path("/proc/self/mountinfo").read_text().splitlines()
             if line.split()[4] == str(mountpoint)]
     if not devs:
@@ -92,7 +97,7 @@ async def run(opts: DaemonOptions) -> None:
                 options.add("allow_other")
             pyfuse3.init(Operations(vfs), str(opts.mountpoint), options)
             try:
-                _raise_read_ahead(opts.mountpoint)
+                nursery.start_soon(_raise_read_ahead, opts.mountpoint, name="read-ahead")
                 nursery.start_soon(_stop_on_signals, name="signals")
                 log.info("mounted %s at %s; control API at unix:%s", repo.store.url,
                          opts.mountpoint, socket_path)

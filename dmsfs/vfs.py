@@ -449,7 +449,7 @@ class Vfs:
         self._state(inode.ino)
         return self._new_handle(inode.ino), inode
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes:
+    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
         h = self._handles[fh]
         state = self._open[h.ino]
         sequential = offset == h.next_offset
@@ -457,17 +457,21 @@ class Vfs:
         if state.writer is not None and state.writer.changed:
             return await state.writer.read(offset, length)
         content = state.content
-        parts: list[bytes] = []
-        last = -1
-        for i, _, cid, lo, hi in content.spans(offset, offset + length):
-            parts.append(bytes(hi - lo) if cid == HOLE else
-                         (await self.repo.chunks.get(cid))[lo:hi])
-            last = i
-        if sequential and last >= 0:
-            for cid, _ in content.chunks[last + 1 : last + 1 + READ_AHEAD_CHUNKS]:
+        spans = list(content.spans(offset, offset + length))
+        if sequential and spans:
+            # ask for what comes next before waiting for what is asked now
+            nxt = spans[-1][0] + 1
+            for cid, _ in content.chunks[nxt : nxt + READ_AHEAD_CHUNKS]:
                 if cid != HOLE:
                     self.repo.chunks.prefetch(cid)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts: list[bytes | memoryview] = []
+        for _, _, cid, lo, hi in spans:
+            # views, not slices: a 1 MiB read is then copied once, into the reply
+            parts.append(bytes(hi - lo) if cid == HOLE else
+                         memoryview(await self.repo.chunks.get(cid))[lo:hi])
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         self._writable()
