@@ -83,6 +83,7 @@ class FileWriter:
         self._locations: dict[bytes, Location] = {}
         self._cutting = False
         self._cut_done = trio.Event()
+        self._precut_stale = False         # a write broke the precut: cut at commit only
 
     @property
     def changed(self) -> bool:
@@ -336,7 +337,7 @@ class FileWriter:
 
     def wants_background_cut(self) -> bool:
         """True when enough stable bytes wait at the tail to cut them now."""
-        if self._cutting:
+        if self._cutting or self._precut_stale:
             return False
         start = self._pre.end if self._pre else 0
         return self.size - start >= WINDOW + self.chunker.params.max_size
@@ -350,7 +351,8 @@ class FileWriter:
         if pre is None:
             pre = self._pre = _Precut(region[0], region[0])
         elif pre.start != region[0] or self.spooled.overlaps(pre.start, pre.end):
-            return  # the precut no longer leads the tail: the commit cuts the rest
+            self._precut_stale = True  # it no longer leads the tail: the commit cuts the rest
+            return
         stop = self.size - self.chunker.params.max_size
         if stop - pre.end < WINDOW:
             return
@@ -405,4 +407,5 @@ class FileWriter:
         self._rlo = self._rhi = 0
         self.truncated = False
         self._pre = None
+        self._precut_stale = False
         self._locations.clear()
