@@ -37,7 +37,7 @@ from .errors import (
 )
 from .index import HOLE, ROOT_INO, Inode, Txn
 from .repo import Repo
-from .writer import FileWriter
+from .writer import FileWriter, RingPool
 
 NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
@@ -61,6 +61,9 @@ class OpenInode:
     handles: int = 0
     writer: FileWriter | None = None
     mtime_ns: int | None = None       # set by writes; applied at commit
+    # The kernel keeps a written file's ctime (writeback caching) and sends it with
+    # setattr; applied at commit, so a remount shows the ctime stat showed before.
+    ctime_ns: int | None = None
     unlinked: bool = field(default=False)
 
 
@@ -89,6 +92,7 @@ class Vfs:
         self.root_xattrs: dict[bytes, bytes] = {}
         self._spool_dir = repo.state_dir / "spool"
         self._spool_dir.mkdir(parents=True, exist_ok=True)
+        self._rings = RingPool()
 
     # ------------------------------------------------------------ helpers
     def _writable(self) -> None:
@@ -165,6 +169,8 @@ class Vfs:
             inode.size = state.writer.size
             if state.mtime_ns is not None:
                 inode.mtime_ns = state.mtime_ns
+            if state.ctime_ns is not None:
+                inode.ctime_ns = state.ctime_ns
         return inode
 
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -192,7 +198,7 @@ class Vfs:
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None) -> Inode:
+                mtime_ns: int | None = None, ctime_ns: int | None = None) -> Inode:
         self._writable()
         now = _now()
         with self.index.write() as t:
@@ -205,12 +211,14 @@ class Vfs:
                 inode.gid = gid
             if atime_ns is not None:
                 inode.atime_ns = atime_ns
+            state = self._open.get(ino)
             if mtime_ns is not None:
                 inode.mtime_ns = mtime_ns
-                state = self._open.get(ino)
                 if state is not None:
                     state.mtime_ns = mtime_ns
-            inode.ctime_ns = now
+            inode.ctime_ns = now if ctime_ns is None else ctime_ns
+            if ctime_ns is not None and state is not None:
+                state.ctime_ns = ctime_ns
             t.put_inode(inode)
         return self.getattr(ino)
 
@@ -418,7 +426,7 @@ class Vfs:
     def _writer(self, ino: int, state: OpenInode) -> FileWriter:
         if state.writer is None:
             state.writer = FileWriter(state.content, self._spool_dir, self.repo.chunks,
-                                      self.repo.chunker)
+                                      self.repo.chunker, self._rings)
         return state.writer
 
     def _new_handle(self, ino: int) -> int:
@@ -503,11 +511,11 @@ class Vfs:
                 inode.size = result.content.size
                 if state.mtime_ns is not None:
                     inode.mtime_ns = state.mtime_ns
-                inode.ctime_ns = _now()
+                inode.ctime_ns = _now() if state.ctime_ns is None else state.ctime_ns
                 t.put_inode(inode)
             writer.committed(result.content)
             state.content = result.content
-            state.mtime_ns = None
+            state.mtime_ns = state.ctime_ns = None
 
     async def flush(self, fh: int) -> None:
         """Commit what was written through any handle of this file (close())."""
