@@ -60,6 +60,9 @@ class ChunkStore:
         self.io = trio.CapacityLimiter(8)
         self._lock = threading.Lock()
         self._pending: dict[bytes, Location] = {}   # staged, maybe not yet in LMDB
+        # every staging file not yet removed, by id: readers of staged chunks use
+        # its open descriptor, which stays valid while the file moves into the store
+        self._containers: dict[bytes, StagingFile] = {}
         self._full: list[StagingFile] = []
         self._current: StagingFile | None = None
         self._last_append = 0.0
@@ -89,6 +92,7 @@ class ChunkStore:
                 return cid, None
             if self._current is None:
                 self._current = StagingFile(self.staging_dir, os.urandom(32))
+                self._containers[self._current.id] = self._current
             cur = self._current
             e = cur.append(cid, stored, len(data), flags)
             loc = Location(cur.id, e.offset, e.stored_len, e.raw_len, e.flags | FLAG_STAGED)
@@ -167,7 +171,8 @@ class ChunkStore:
                 for e in sf.entries:
                     if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
                         del self._pending[e.cid]
-            sf.remove()
+                del self._containers[sf.id]
+                sf.remove()
             log.debug("sealed pack %s: %d chunks, %d bytes", sf.id.hex()[:12], len(sf.entries),
                       size)
         except Exception:
@@ -213,6 +218,7 @@ class ChunkStore:
             if entries:
                 log.info("recovered %d staged chunks from a previous run", len(entries))
                 with self._lock:
+                    self._containers[sid] = sf
                     self._full.append(sf)
             else:
                 sf.remove()
@@ -232,11 +238,13 @@ class ChunkStore:
         """Read, decode and verify one chunk (blocking; call from a worker thread)."""
         loc = self.location(cid)
         if loc.flags & FLAG_STAGED:
-            stored = staging.read_staged(self.staging_dir, loc.container, loc.offset,
-                                         loc.stored_len)
+            with self._lock:
+                sf = self._containers.get(loc.container)
+                stored = sf.read_at(loc.offset, loc.stored_len) if sf else None
             if stored is not None:
                 return open_blob(stored, loc.flags & ~FLAG_STAGED, loc.raw_len, cid)
-            # sealed meanwhile: the pack has the staging file's id and layout
+            # sealed and removed meanwhile: the index points at the pack now
+            loc = self.location(cid)
         try:
             stored = self.store.get_range(pack_key(loc.container), loc.offset, loc.stored_len)
         except NoSuchObject as e:

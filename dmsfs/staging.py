@@ -46,7 +46,10 @@ class StagingFile:
         return entry
 
     def read(self, entry: PackEntry) -> bytes:
-        return os.pread(self.fd, entry.stored_len, entry.offset)
+        return self.read_at(entry.offset, entry.stored_len)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
 
     def load(self) -> list[PackEntry]:
         """Recover the valid entries after a restart; drop a torn tail."""
@@ -90,18 +93,6 @@ def logged(sf: StagingFile) -> list[PackEntry]:
     log = os.pread(sf.idx_fd, os.fstat(sf.idx_fd).st_size, 0)
     return [PackEntry.unpack(log[p : p + ENTRY.size])
             for p in range(0, len(log) - ENTRY.size + 1, ENTRY.size)]
-
-
-def read_staged(directory: Path, sid: bytes, offset: int, length: int) -> bytes | None:
-    """Bytes of a staged blob by container id, or None once it was sealed away."""
-    try:
-        fd = os.open(directory / f"{sid.hex()}.dat", os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
 
 
 def existing(directory: Path) -> list[bytes]:
