@@ -82,11 +82,24 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         try:
-            return entry(self.vfs.lookup(parent_inode, name))
+            return self._entry(self.vfs.lookup(parent_inode, name))
         except NotFound:
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the miss
             negative.entry_timeout = LIVE_TIMEOUT
             return negative
+
+    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        """An entry the kernel will hold a reference to (until it sends forget)."""
+        self.vfs.remember(inode.ino)
+        return entry(inode)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # no reply to the kernel: nothing may be raised
+        for ino, count in inode_list:
+            try:
+                self.vfs.forget(ino, count)
+            except Exception:
+                log.exception("forget of inode %d failed", ino)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -117,12 +130,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return entry(self.vfs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self._entry(self.vfs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return entry(self.vfs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self._entry(self.vfs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -135,7 +148,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return entry(self.vfs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+        return self._entry(self.vfs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
 
     @fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -163,7 +176,7 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, inode = self.vfs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(inode)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -197,6 +210,7 @@ class Operations(pyfuse3.Operations):
             for cookie, name, inode in entries:
                 if not pyfuse3.readdir_reply(token, name, entry(inode), cookie):
                     break
+                self.vfs.remember(inode.ino)  # readdirplus: the kernel holds the entry
         finally:
             entries.close()
 

@@ -17,7 +17,7 @@ import re
 import stat
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .content import ChunkList
 from .errors import (
@@ -64,7 +64,6 @@ class OpenInode:
     # The kernel keeps a written file's ctime (writeback caching) and sends it with
     # setattr; applied at commit, so a remount shows the ctime stat showed before.
     ctime_ns: int | None = None
-    unlinked: bool = field(default=False)
 
 
 def _now() -> int:
@@ -88,6 +87,11 @@ class Vfs:
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, OpenInode] = {}
         self._next_fh = 1
+        # The kernel's references (lookup counts) per inode, and inodes whose last
+        # name is gone but which a handle or the kernel may still use (pyfuse3's
+        # contract: an unlinked inode lives on until its lookup count is zero).
+        self._lookups: dict[int, int] = {}
+        self._orphans: set[int] = set()
         # read-only attributes the daemon publishes on the mount root (its API socket)
         self.root_xattrs: dict[bytes, bytes] = {}
         self._spool_dir = repo.state_dir / "spool"
@@ -136,15 +140,36 @@ class Vfs:
         t.put_inode(parent)
 
     def _drop(self, t: Txn, inode: Inode) -> None:
-        """Remove an inode whose last name is gone (kept while open)."""
-        state = self._open.get(inode.ino)
-        if state is not None and state.handles:
-            state.unlinked = True
-            t.add_orphan(inode.ino)
-            return
+        """Remove an inode whose last name is gone.  Its bytes leave the live tree
+        now; the inode itself stays while it is open or known to the kernel (a path
+        looked up just before a rename over it must still open)."""
         if stat.S_ISREG(inode.mode):
             t.add_counter("live_bytes", -inode.size)
+        if inode.ino in self._open or self._lookups.get(inode.ino):
+            self._orphans.add(inode.ino)
+            t.add_orphan(inode.ino)
+            return
         t.delete_inode(inode.ino)
+
+    def _reap(self, ino: int) -> None:
+        """Delete an orphan once no handle has it open and the kernel forgot it."""
+        if ino in self._orphans and ino not in self._open and not self._lookups.get(ino):
+            self._orphans.discard(ino)
+            with self.index.write() as t:
+                t.delete_inode(ino)
+
+    def remember(self, ino: int) -> None:
+        """The kernel was given ino once more (an entry from lookup, create, readdir)."""
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped count of its references to ino."""
+        left = self._lookups.get(ino, 0) - count
+        if left > 0:
+            self._lookups[ino] = left
+            return
+        self._lookups.pop(ino, None)
+        self._reap(ino)
 
     # ------------------------------------------------------------ attributes
     def ensure_root(self, uid: int, gid: int) -> None:
@@ -155,11 +180,7 @@ class Vfs:
                 t.put_inode(Inode(ROOT_INO, stat.S_IFDIR | 0o755, uid, gid, 0, now, now, now,
                                   ROOT_INO))
             for ino in t.iter_orphans():
-                inode = t.get_inode(ino)
-                if inode is not None:
-                    self._drop(t, inode)
-                else:
-                    t.delete_inode(ino)
+                t.delete_inode(ino)  # its bytes left live_bytes when it was unlinked
 
     def getattr(self, ino: int) -> Inode:
         with self.index.read() as t:
@@ -415,13 +436,7 @@ class Vfs:
             if state.writer is not None:
                 state.writer.close()
             del self._open[ino]
-            if state.unlinked:
-                with self.index.write() as t:
-                    inode = t.get_inode(ino)
-                    if inode is not None:
-                        if stat.S_ISREG(inode.mode):
-                            t.add_counter("live_bytes", -inode.size)
-                        t.delete_inode(ino)
+            self._reap(ino)
 
     def _writer(self, ino: int, state: OpenInode) -> FileWriter:
         if state.writer is None:
@@ -462,8 +477,12 @@ class Vfs:
         state = self._open[h.ino]
         sequential = offset == h.next_offset
         h.next_offset = offset + length
-        if state.writer is not None and state.writer.changed:
-            return await state.writer.read(offset, length)
+        writer = state.writer
+        if writer is not None and writer.changed:
+            # Under the lock: a write, truncate or commit while this read waits for a
+            # chunk would change the ranges and the spool it walks (wrong bytes).
+            async with writer.lock:
+                return await writer.read(offset, length)
         content = state.content
         spans = list(content.spans(offset, offset + length))
         if sequential and spans:
@@ -507,7 +526,8 @@ class Vfs:
                     if t.get_location(cid) is None:
                         t.put_location(cid, loc)
                 t.put_content(ino, result.content.chunks)
-                t.add_counter("live_bytes", result.content.size - inode.size)
+                if ino not in self._orphans:  # an unlinked file is no live bytes
+                    t.add_counter("live_bytes", result.content.size - inode.size)
                 inode.size = result.content.size
                 if state.mtime_ns is not None:
                     inode.mtime_ns = state.mtime_ns

@@ -266,7 +266,8 @@ class FileWriter:
             if not self.spooled.overlaps(pos, pos + keep):
                 self._to_spool(pos, data[:keep])
             else:  # only the bytes no later write replaced
-                for a, b, spooled in self.spooled.pieces(pos, pos + keep):
+                # a list: _to_spool merges into self.spooled, which pieces() walks
+                for a, b, spooled in list(self.spooled.pieces(pos, pos + keep)):
                     if not spooled:
                         self._to_spool(a, data[a - pos:b - pos])
             pos += n
