@@ -17,7 +17,7 @@ import re
 import stat
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .content import ChunkList
 from .errors import (
@@ -60,10 +60,14 @@ class OpenInode:
     content: ChunkList
     handles: int = 0
     writer: FileWriter | None = None
-    mtime_ns: int | None = None       # set by writes; applied at commit
-    # The kernel keeps a written file's ctime (writeback caching) and sends it with
-    # setattr; applied at commit, so a remount shows the ctime stat showed before.
-    ctime_ns: int | None = None
+    # Attribute changes (mode, uid, gid, atime_ns, mtime_ns, ctime_ns) made while
+    # the file has uncommitted data: they commit with it, in one transaction.
+    # Writes set mtime; the kernel sends its own ctime (writeback caching).
+    attrs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        return self.writer is not None and self.writer.changed
 
 
 def _now() -> int:
@@ -188,10 +192,8 @@ class Vfs:
         state = self._open.get(ino)
         if state is not None and state.writer is not None:
             inode.size = state.writer.size
-            if state.mtime_ns is not None:
-                inode.mtime_ns = state.mtime_ns
-            if state.ctime_ns is not None:
-                inode.ctime_ns = state.ctime_ns
+            for key, value in state.attrs.items():
+                setattr(inode, key, value)
         return inode
 
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -217,29 +219,28 @@ class Vfs:
                 if inode is not None:
                     yield cookie, name, inode
 
-    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
-                gid: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None, ctime_ns: int | None = None) -> Inode:
+    def setattr(self, ino: int, **changes: int | None) -> Inode:
+        """Change mode, uid, gid, atime_ns, mtime_ns or ctime_ns (None: unchanged).
+
+        On a file with uncommitted data the change waits for that data's commit
+        (cp -a and tar set owner, mode and times before close: one transaction
+        instead of four)."""
         self._writable()
-        now = _now()
+        changes = {k: v for k, v in changes.items() if v is not None}
+        changes.setdefault("ctime_ns", _now())
+        state = self._open.get(ino)
+        if state is not None and state.pending:
+            inode = self.getattr(ino)
+            if "mode" in changes:
+                changes["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes["mode"])
+            state.attrs.update(changes)
+            return self.getattr(ino)
         with self.index.write() as t:
             inode = self._get(t, ino)
-            if mode is not None:
-                inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
-            if uid is not None:
-                inode.uid = uid
-            if gid is not None:
-                inode.gid = gid
-            if atime_ns is not None:
-                inode.atime_ns = atime_ns
-            state = self._open.get(ino)
-            if mtime_ns is not None:
-                inode.mtime_ns = mtime_ns
-                if state is not None:
-                    state.mtime_ns = mtime_ns
-            inode.ctime_ns = now if ctime_ns is None else ctime_ns
-            if ctime_ns is not None and state is not None:
-                state.ctime_ns = ctime_ns
+            if "mode" in changes:
+                changes["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes["mode"])
+            for key, value in changes.items():
+                setattr(inode, key, value)
             t.put_inode(inode)
         return self.getattr(ino)
 
@@ -256,7 +257,7 @@ class Vfs:
             writer = self._writer(ino, state)
             async with writer.lock:
                 await writer.truncate(size)
-            state.mtime_ns = _now()
+            state.attrs["mtime_ns"] = _now()
             if state.handles == 1:  # not open elsewhere: truncate(2) is committed now
                 await self._commit(ino, state)
         finally:
@@ -462,7 +463,7 @@ class Vfs:
             writer = self._writer(ino, state)
             async with writer.lock:
                 await writer.truncate(0)
-            state.mtime_ns = _now()
+            state.attrs["mtime_ns"] = _now()
         return self._new_handle(ino)
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int
@@ -507,7 +508,7 @@ class Vfs:
         writer = self._writer(ino, state)
         async with writer.lock:
             await writer.write(offset, data)
-        state.mtime_ns = _now()
+        state.attrs["mtime_ns"] = _now()
         if writer.wants_background_cut():
             self.repo.chunks.start_task(writer.background_cut)
         return len(data)
@@ -529,13 +530,13 @@ class Vfs:
                 if ino not in self._orphans:  # an unlinked file is no live bytes
                     t.add_counter("live_bytes", result.content.size - inode.size)
                 inode.size = result.content.size
-                if state.mtime_ns is not None:
-                    inode.mtime_ns = state.mtime_ns
-                inode.ctime_ns = _now() if state.ctime_ns is None else state.ctime_ns
+                inode.ctime_ns = _now()
+                for key, value in state.attrs.items():
+                    setattr(inode, key, value)
                 t.put_inode(inode)
             writer.committed(result.content)
             state.content = result.content
-            state.mtime_ns = state.ctime_ns = None
+            state.attrs.clear()
 
     async def flush(self, fh: int) -> None:
         """Commit what was written through any handle of this file (close())."""
