@@ -300,14 +300,18 @@ class Vfs:
             raise InvalidArgument("not a symlink")
         return inode.target
 
+    def _child(self, t: Txn, parent: int, name: bytes) -> tuple[Inode, Inode]:
+        """(parent directory, the inode its entry `name` names)."""
+        p = self._dir(t, parent)
+        ino = t.lookup(parent, name)
+        if ino is None:
+            raise NotFound()
+        return p, self._get(t, ino)
+
     def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
         with self.index.write() as t:
-            p = self._dir(t, parent)
-            ino = t.lookup(parent, name)
-            if ino is None:
-                raise NotFound()
-            inode = self._get(t, ino)
+            p, inode = self._child(t, parent, name)
             if stat.S_ISDIR(inode.mode):
                 raise IsADirectory()
             t.remove_entry(parent, name)
@@ -317,30 +321,23 @@ class Vfs:
     def rmdir(self, parent: int, name: bytes) -> None:
         self._writable()
         with self.index.write() as t:
-            p = self._dir(t, parent)
-            ino = t.lookup(parent, name)
-            if ino is None:
-                raise NotFound()
-            inode = self._get(t, ino)
+            p, inode = self._child(t, parent, name)
             if not stat.S_ISDIR(inode.mode):
                 raise NotADirectory()
-            if t.has_entries(ino):
+            if t.has_entries(inode.ino):
                 raise NotEmpty()
             t.remove_entry(parent, name)
             self._touch_dir(t, p, _now())
-            t.delete_inode(ino)
+            t.delete_inode(inode.ino)
 
     def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
                noreplace: bool = False) -> None:
         """Move a name, replacing what the target name held, in one transaction."""
         self._writable()
         with self.index.write() as t:
-            op = self._dir(t, old_parent)
+            op, inode = self._child(t, old_parent, old)
+            ino = inode.ino
             np = op if new_parent == old_parent else self._dir(t, new_parent)
-            ino = t.lookup(old_parent, old)
-            if ino is None:
-                raise NotFound()
-            inode = self._get(t, ino)
             is_dir = stat.S_ISDIR(inode.mode)
             self._check_new_name(t, np, new, is_dir)
             if old_parent != new_parent and (
