@@ -19,7 +19,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -71,6 +72,8 @@ class ChunkStore:
         self._sealing = 0
         self._sealed_event = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # packs adopted while a reindex runs, one list per reindex (see adoptions())
+        self._adopt_logs: list[list[tuple[bytes, int, list[PackEntry]]]] = []
 
     # ------------------------------------------------------------ write side
     def put(self, data: bytes | memoryview) -> tuple[bytes, Location | None]:
@@ -198,23 +201,55 @@ class ChunkStore:
                 t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
                                                e.flags))
             t.add_pack(pack_id, size, len(entries))
+        for adopted in self._adopt_logs:
+            adopted.append((pack_id, size, entries))
+
+    @contextmanager
+    def adoptions(self) -> Iterator[list[tuple[bytes, int, list[PackEntry]]]]:
+        """Collect (pack id, size, entries) of every pack adopted inside the block: a
+        reindex rebuilding the tables from a listing of the store must add the packs
+        sealed after that listing, whose adoption went into the tables it replaces."""
+        adopted: list[tuple[bytes, int, list[PackEntry]]] = []
+        self._adopt_logs.append(adopted)
+        try:
+            yield adopted
+        finally:
+            self._adopt_logs.remove(adopted)
 
     async def recover(self) -> None:
         """Adopt staging files a previous run left behind: index, then seal them."""
         for sid in staging.existing(self.staging_dir):
             sf = StagingFile(self.staging_dir, sid)
-            if sf.size == len(PACK_MAGIC) and (entries := staging.logged(sf)):
-                # the data went into the store, the crash came before the index knew
-                size = await trio.to_thread.run_sync(self.store.size, pack_key(sid))
-                self._adopt(sid, entries, size)
-                sf.remove()
-                continue
+            logged = staging.logged(sf)
+            if sf.size == len(PACK_MAGIC) and logged:
+                # the data went into the store, the crash came before the index knew;
+                # else a power loss kept the log but not the blobs: load() drops them
+                try:
+                    size = await trio.to_thread.run_sync(self.store.size, pack_key(sid))
+                except NoSuchObject:
+                    size = None
+                if size is not None:
+                    self._adopt(sid, logged, size)
+                    sf.remove()
+                    continue
             entries = await trio.to_thread.run_sync(sf.load)
+            kept = {e.cid for e in entries}
+            lost = 0
             with self.index.write() as t:
                 for e in entries:
                     if t.get_location(e.cid) is None:
                         t.put_location(e.cid, Location(sid, e.offset, e.stored_len, e.raw_len,
                                                        e.flags | FLAG_STAGED))
+                # blobs that never reached the disk: forget them, so no new write dedups
+                # against them and fsck names the files that used them
+                for e in logged:
+                    loc = t.get_location(e.cid)
+                    if e.cid not in kept and loc is not None and loc.container == sid:
+                        t.delete_location(e.cid)
+                        lost += 1
+            if lost:
+                log.warning("staging file %s lost %d chunks (power loss?); dmsctl fsck "
+                            "names the files affected", sid.hex()[:12], lost)
             if entries:
                 log.info("recovered %d staged chunks from a previous run", len(entries))
                 with self._lock:

@@ -233,6 +233,14 @@ class Txn:
             self.add_counter("chunk_bytes", loc.raw_len)
         return new
 
+    def delete_location(self, cid: bytes) -> None:
+        """Forget a chunk whose blob is lost, so nothing dedups against it again."""
+        raw = self.txn.get(cid, db=self.db["chunks"])
+        if raw is not None:
+            self.txn.delete(cid, db=self.db["chunks"])
+            self.add_counter("chunks", -1)
+            self.add_counter("chunk_bytes", -Location.decode(raw).raw_len)
+
     def reset_chunk_tables(self) -> None:
         """Forget every chunk location and pack (before rebuilding them)."""
         self.txn.drop(self.db["chunks"], delete=False)

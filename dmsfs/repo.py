@@ -105,6 +105,11 @@ class Repo:
 
     async def reindex(self) -> dict[str, int]:
         """Rebuild the chunk and pack tables from the packs in the store."""
+        with self.chunks.adoptions() as adopted:
+            return await self._reindex(adopted)
+
+    async def _reindex(self, adopted: list[tuple[bytes, int, list[PackEntry]]]
+                       ) -> dict[str, int]:
         await self.chunks.flush()
         keys = await trio.to_thread.run_sync(lambda: list(self.store.list("packs/")))
         found: list[tuple[bytes, int, list[PackEntry]]] = []
@@ -129,7 +134,8 @@ class Repo:
         with self.index.write() as t:
             staged = [(c, loc) for c, loc in t.iter_locations() if loc.flags & FLAG_STAGED]
             t.reset_chunk_tables()
-            for pack_id, size, entries in found:
+            # the sealer may have stored packs after the listing: add those too
+            for pack_id, size, entries in [*found, *adopted]:
                 for e in entries:
                     t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
                                                    e.flags))
@@ -137,10 +143,10 @@ class Repo:
             for cid, loc in staged:
                 if t.get_location(cid) is None:
                     t.put_location(cid, loc)
-            chunks = t.counter("chunks")
+            chunks, packs = t.counter("chunks"), t.counter("packs")
         self.chunks.cache.clear()
-        log.info("reindex: %d packs, %d chunks, %d damaged packs", len(found), chunks, damaged)
-        return {"packs": len(found), "chunks": chunks, "damaged_packs": damaged}
+        log.info("reindex: %d packs, %d chunks, %d damaged packs", packs, chunks, damaged)
+        return {"packs": packs, "chunks": chunks, "damaged_packs": damaged}
 
     # ------------------------------------------------------------ consistency
     def path_of(self, ino: int) -> str:

@@ -81,11 +81,14 @@ class LocalStore(ObjectStore):
         self._publish(self._write_tmp(lambda f: f.write(data)), key, exclusive=False)
 
     def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
         try:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-            tmp = self.root / TMP_DIR / uuid.uuid4().hex
-            os.rename(path, tmp)  # same file system: no copy
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # same file system: no copy, and straight to the key, so a crash leaves the
+            # bytes at path or under key (where recovery looks), never under a temp name
+            os.replace(path, dest)
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise _os_error(e, key) from e
@@ -94,9 +97,12 @@ class LocalStore(ObjectStore):
                 with open(path, "rb") as src:
                     shutil.copyfileobj(src, f, 1 << 20)  # type: ignore[misc]
 
-            tmp = self._write_tmp(copy)
-            path.unlink()
-        self._publish(tmp, key, exclusive=False)
+            self._publish(self._write_tmp(copy), key, exclusive=False)
+            path.unlink()  # only once the object is in place
+            return
+        # after the move: a staging file left behind by a crash must stay writable
+        os.chmod(dest, 0o444)
+        _fsync_dir(dest.parent)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         return self._publish(self._write_tmp(lambda f: f.write(data)), key, exclusive=True)
