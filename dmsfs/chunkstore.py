@@ -119,7 +119,7 @@ class ChunkStore:
     def backlog(self) -> dict[str, float]:
         """Chunks staged locally and not yet in a stored pack."""
         with self._lock:
-            files = [*self._full, *([self._current] if self._current else [])]
+            files = list(self._containers.values())
             return {
                 "objects": len(files),
                 "bytes": sum(f.size for f in files),
@@ -129,7 +129,7 @@ class ChunkStore:
     def sync(self) -> None:
         """Make every staged chunk and committed index entry survive power loss."""
         with self._lock:
-            files = [*self._full, *([self._current] if self._current else [])]
+            files = list(self._containers.values())
         for f in files:
             f.sync()
         self.index.sync()

@@ -74,6 +74,13 @@ def _now() -> int:
     return time.time_ns()
 
 
+def _with_type(inode: Inode, changes: dict[str, int]) -> dict[str, int]:
+    """Attribute changes with a new mode keeping the inode's file type bits."""
+    if "mode" not in changes:
+        return changes
+    return {**changes, "mode": stat.S_IFMT(inode.mode) | stat.S_IMODE(changes["mode"])}
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise NameTooLong()
@@ -230,16 +237,11 @@ class Vfs:
         changes.setdefault("ctime_ns", _now())
         state = self._open.get(ino)
         if state is not None and state.pending:
-            inode = self.getattr(ino)
-            if "mode" in changes:
-                changes["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes["mode"])
-            state.attrs.update(changes)
+            state.attrs.update(_with_type(self.getattr(ino), changes))
             return self.getattr(ino)
         with self.index.write() as t:
             inode = self._get(t, ino)
-            if "mode" in changes:
-                changes["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(changes["mode"])
-            for key, value in changes.items():
+            for key, value in _with_type(inode, changes).items():
                 setattr(inode, key, value)
             t.put_inode(inode)
         return self.getattr(ino)
