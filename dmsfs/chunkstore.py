@@ -128,10 +128,9 @@ class ChunkStore:
 
     def sync(self) -> None:
         """Make every staged chunk and committed index entry survive power loss."""
-        with self._lock:
-            files = list(self._containers.values())
-        for f in files:
-            f.sync()
+        with self._lock:  # held: a sealed file's descriptors close under this lock
+            for f in self._containers.values():
+                f.sync()
         self.index.sync()
 
     # ------------------------------------------------------------ sealing
