@@ -30,6 +30,21 @@ BLKSIZE = 1 << 20  # tools size their I/O buffers by st_blksize: ask for big req
 T = TypeVar("T")
 
 
+class WithdrawnReplies(logging.Filter):
+    """pyfuse3 logs an error when a reply finds its request gone (ENOENT): the kernel
+    withdrew it (caller interrupted, or an asynchronous release during unmount).
+    Nothing is lost then, so it is worth an info line, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "fuse_reply_" in str(record.msg) and \
+                record.args and record.args[-1] == os.strerror(errno.ENOENT):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("pyfuse3").addFilter(WithdrawnReplies())
+
+
 def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> T:

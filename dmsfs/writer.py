@@ -201,16 +201,26 @@ class FileWriter:
             return self._ring[lo:lo + b - a]  # type: ignore[index]
         return bytes(b - a)
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """Current content, committed or not."""
-        parts: list[bytes] = []
-        for a, b, kind in self._pieces(offset, min(offset + length, self.size)):
+    def _layout(self, offset: int, end: int) -> Iterator[bytes | tuple[bytes, int, int]]:
+        """[offset, end) as bytes where they are at hand, else (chunk id, from, to)."""
+        for a, b, kind in self._pieces(offset, min(end, self.size)):
             if kind in ("base", "pre"):
                 for cid, lo, hi in self._spans(a, b, kind):
-                    parts.append(bytes(hi - lo) if cid == HOLE
-                                 else (await self.chunks.get(cid))[lo:hi])
+                    yield bytes(hi - lo) if cid == HOLE else (cid, lo, hi)
             else:
-                parts.append(self._direct(a, b, kind))
+                yield self._direct(a, b, kind)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Current content, committed or not."""
+        # the layout is taken whole before the first await: a write or commit that
+        # lands while chunks are fetched must not mix two states in one read
+        layout = list(self._layout(offset, offset + length))
+        parts: list[bytes] = []
+        for part in layout:
+            if isinstance(part, tuple):
+                cid, lo, hi = part
+                part = (await self.chunks.get(cid))[lo:hi]
+            parts.append(part)
         return b"".join(parts)
 
     def _read_sync(self, offset: int, length: int) -> bytes | memoryview:
@@ -221,14 +231,9 @@ class FileWriter:
                 offset, end):
             lo = self._rlo + offset - self._ring_start
             return memoryview(self._ring)[lo:lo + length]  # type: ignore[arg-type]
-        parts: list[bytes] = []
-        for a, b, kind in self._pieces(offset, end):
-            if kind in ("base", "pre"):
-                for cid, lo, hi in self._spans(a, b, kind):
-                    parts.append(bytes(hi - lo) if cid == HOLE else self.chunks.fetch(cid)[lo:hi])
-            else:
-                parts.append(self._direct(a, b, kind))
-        return b"".join(parts)
+        return b"".join(part if isinstance(part, bytes)
+                        else self.chunks.fetch(part[0])[part[1]:part[2]]
+                        for part in self._layout(offset, end))
 
     # ------------------------------------------------------------ changes
     async def write(self, offset: int, data: bytes) -> None:
