@@ -47,13 +47,17 @@ def _parser() -> argparse.ArgumentParser:
                    "(default /var/lib/dmsfs/<store-id> as root, else $XDG_STATE_HOME/dmsfs/<id>)")
     p.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    p.add_argument("--versions-visible", action="store_true",
+                   help="list the @version folders in each dataset (default: reachable "
+                        "by name only, so cp -r, du and find see the live tree alone)")
     p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
                    help="memory for decompressed chunks (default 64M)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--foreground", action="store_true", help="do not detach")
     p.add_argument("--init-only", action="store_true", help="initialise the store and exit")
     p.add_argument("--reindex", action="store_true",
-                   help="rebuild the chunk index from the store before mounting")
+                   help="rebuild the chunk index from the store before mounting (versions "
+                        "and tags in the store are indexed at every start)")
     p.add_argument("--demo", action="store_true", help="create a demo dataset in a new store")
     init = p.add_argument_group("new stores only (recorded in the store's config)")
     init.add_argument("--chunk-size", type=_chunk_sizes, metavar="MIN,AVG,MAX",
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(run, DaemonOptions(
             store_url=args.store_url, mountpoint=args.mountpoint.resolve(),
             state_dir=args.state.resolve() if args.state else None, read_only=args.read_only,
-            allow_other=args.allow_other, cache_size=args.cache_size, reindex=args.reindex,
+            allow_other=args.allow_other, versions_visible=args.versions_visible,
+            cache_size=args.cache_size, reindex=args.reindex,
             demo=args.demo, proposed=_proposed(args)))
         return 0
     except DmsfsError as e:

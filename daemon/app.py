@@ -43,6 +43,7 @@ class DaemonOptions:
     state_dir: Path | None = None
     read_only: bool = False
     allow_other: bool = False
+    versions_visible: bool = False
     cache_size: int = 64 << 20
     reindex: bool = False
     demo: bool = False
@@ -81,7 +82,7 @@ async def run(opts: DaemonOptions) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed)
     try:
-        vfs = Vfs(repo, read_only=opts.read_only)
+        vfs = Vfs(repo, read_only=opts.read_only, versions_visible=opts.versions_visible)
         vfs.ensure_root(os.getuid(), os.getgid())
         socket_path = repo.state_dir / "api.sock"
         vfs.root_xattrs[b"user.dmsfs.api"] = f"unix:{socket_path}".encode()
@@ -89,9 +90,12 @@ async def run(opts: DaemonOptions) -> None:
             await nursery.start(repo.chunks.run)
             if opts.reindex:
                 await repo.reindex()
+            else:
+                await repo.versions.sync_from_store()
+            await vfs.ensure_datasets()
             if opts.demo:
                 await populate_demo(vfs)
-            await nursery.start(control.serve, control.build_app(repo), socket_path)
+            await nursery.start(control.serve, control.build_app(repo, vfs), socket_path)
             options = set(pyfuse3.default_options) | {"fsname=dmsfs", "subtype=dmsfs"}
             if opts.allow_other:
                 options.add("allow_other")

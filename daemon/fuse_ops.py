@@ -15,16 +15,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from dmsfs.errors import DmsfsError, NotFound, NotPermitted
 from dmsfs.index import Inode
+from dmsfs.snapfs import is_snapshot
 from dmsfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
 
-# Only this daemon changes the tree, and every change passes through the kernel,
-# so the kernel may keep names and attributes for long.
+# Only this daemon changes the tree, and every change passes through the kernel
+# (or, for restores and new versions, is invalidated in it), so the kernel may
+# keep names and attributes for long; snapshot entries never change at all.
 LIVE_TIMEOUT = 300.0
+SNAPSHOT_TIMEOUT = 86400.0
 BLKSIZE = 1 << 20  # tools size their I/O buffers by st_blksize: ask for big requests
 
 T = TypeVar("T")
@@ -66,10 +70,11 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-def entry(inode: Inode, timeout: float = LIVE_TIMEOUT) -> pyfuse3.EntryAttributes:
+def entry(inode: Inode) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
     a.st_ino = inode.ino
-    a.entry_timeout = a.attr_timeout = timeout
+    a.entry_timeout = a.attr_timeout = SNAPSHOT_TIMEOUT if is_snapshot(inode.ino) \
+        else LIVE_TIMEOUT
     a.st_mode = inode.mode
     a.st_nlink = 1
     a.st_uid = inode.uid
@@ -83,6 +88,27 @@ def entry(inode: Inode, timeout: float = LIVE_TIMEOUT) -> pyfuse3.EntryAttribute
     return a
 
 
+class KernelCache:
+    """Invalidation of the kernel's caches, for changes made behind its back.
+
+    The calls block until the kernel is done (and may wait for requests on the
+    same names), so they run in worker threads while this loop keeps serving."""
+
+    async def forget_entry(self, parent: int, name: bytes) -> None:
+        await trio.to_thread.run_sync(self._quietly, pyfuse3.invalidate_entry, parent, name)
+
+    async def forget_inode(self, ino: int) -> None:
+        await trio.to_thread.run_sync(self._quietly, pyfuse3.invalidate_inode, ino)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except OSError as e:  # ENOENT: the kernel had nothing cached
+            if e.errno != errno.ENOENT:
+                log.warning("cache invalidation %s%s failed: %s", fn.__name__, args, e)
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers over one Vfs."""
 
@@ -92,15 +118,17 @@ class Operations(pyfuse3.Operations):
     def __init__(self, vfs: Vfs) -> None:
         super().__init__()
         self.vfs = vfs
+        vfs.kernel = KernelCache()
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         try:
-            return self._entry(self.vfs.lookup(parent_inode, name))
+            return self._entry(await self.vfs.lookup(parent_inode, name))
         except NotFound:
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the miss
-            negative.entry_timeout = LIVE_TIMEOUT
+            # ... except of @names, which a snapshot or tag may bring at any time
+            negative.entry_timeout = 0 if name.startswith(b"@") else LIVE_TIMEOUT
             return negative
 
     def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -220,7 +248,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.vfs.readdir(fh, start_id)
+        entries = await self.vfs.readdir(fh, start_id)
         try:
             for cookie, name, inode in entries:
                 if not pyfuse3.readdir_reply(token, name, entry(inode), cookie):

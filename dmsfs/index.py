@@ -11,6 +11,9 @@ all integers are big-endian in keys (so they sort) and little-endian in values:
     chunks    chunk id 32                     -> LOCATION   where its blob is
     packs     pack id 32                      -> size u64 | blobs u32
     orphans   ino u64                         -> b""        unlinked while still open
+    dirtrees  dir ino u64                     -> tree id 32 | files u64 | bytes u64
+    versions  dataset | 0 | number u32        -> version record (JSON, as in the store)
+    tags      dataset | 0 | tag               -> version number u32
 
     INODE    = mode u32 | uid u32 | gid u32 | size u64 | atime, mtime, ctime i64 ns
                | parent u64 | symlink target (rest)
@@ -21,8 +24,13 @@ any entry with an integer cookie and a lookup is one get.  A chunk id of 32 zero
 bytes in a content list is a hole (zeros, nothing stored).  A container is a
 pack in the store or, with FLAG_STAGED, a staging file in the state dir.
 
-The inode's parent pointer (no hard links, so exactly one) is what later lets a
-snapshot re-serialise only the directories on the path to a change.
+The inode's parent pointer (no hard links, so exactly one) lets a snapshot
+re-serialise only the directories on the path to a change: `dirtrees` caches the
+tree object of each directory unchanged since the last snapshot, and every write
+that changes a directory's entries or an attribute of one of them (put_inode,
+add_entry, remove_entry) deletes the cached tree of that directory and of its
+ancestors in the same transaction.  A directory without a cached tree has none
+cached above it either, so that walk stops at the first miss.
 
 Transactions are short and synchronous; none is held across an await.
 """
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +55,10 @@ LOCATION = struct.Struct("<32sQIIB")
 PACK_INFO = struct.Struct("<QI")
 HOLE = bytes(ID_SIZE)
 ROOT_INO = 1
-TABLES = ("meta", "inodes", "dirents", "content", "xattrs", "chunks", "packs", "orphans")
+TABLES = ("meta", "inodes", "dirents", "content", "xattrs", "chunks", "packs", "orphans",
+          "dirtrees", "versions", "tags")
+DIRTREE = struct.Struct("<32sQQ")
+VERSION_NUMBER = struct.Struct(">I")
 COUNTERS = ("live_bytes", "stored_bytes", "packs", "chunks", "chunk_bytes")
 
 
@@ -113,12 +125,17 @@ def decode_content(buf: bytes) -> list[tuple[bytes, int]]:
     return list(CONTENT_ENTRY.iter_unpack(buf))
 
 
+def _dataset_key(dataset: str, suffix: bytes) -> bytes:
+    return dataset.encode() + b"\0" + suffix
+
+
 class Txn:
     """Typed access to the tables inside one LMDB transaction."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+    def __init__(self, txn: lmdb.Transaction, index: Index) -> None:
         self.txn = txn
-        self.db = dbs
+        self.index = index
+        self.db = index.dbs
 
     # -- meta and counters
     def get_meta(self, key: str) -> bytes | None:
@@ -146,13 +163,16 @@ class Txn:
         return Inode.decode(ino, raw) if raw is not None else None
 
     def put_inode(self, inode: Inode) -> None:
+        """Store an inode (file content, stored apart, always commits with its inode)."""
         self.txn.put(U64.pack(inode.ino), inode.encode(), db=self.db["inodes"])
+        self._stale(inode.parent)
 
     def delete_inode(self, ino: int) -> None:
         key = U64.pack(ino)
         self.txn.delete(key, db=self.db["inodes"])
         self.txn.delete(key, db=self.db["content"])
         self.txn.delete(key, db=self.db["orphans"])
+        self.txn.delete(key, db=self.db["dirtrees"])
         for xkey in list(self._prefix_keys("xattrs", key)):
             self.txn.delete(xkey, db=self.db["xattrs"])
 
@@ -167,9 +187,11 @@ class Txn:
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self.txn.put(_dirent_key(parent, name), U64.pack(ino), db=self.db["dirents"])
+        self._stale(parent)
 
     def remove_entry(self, parent: int, name: bytes) -> None:
         self.txn.delete(_dirent_key(parent, name), db=self.db["dirents"])
+        self._stale(parent)
 
     def iter_entries(self, parent: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
         """(cookie, name, ino) of parent's entries whose cookie is greater than after."""
@@ -218,6 +240,69 @@ class Txn:
             if not key.startswith(prefix):
                 return
             yield key
+
+    # -- cached trees of unchanged directories
+    def get_dirtree(self, ino: int) -> tuple[bytes, int, int] | None:
+        """(tree id, files, bytes) of a directory unchanged since its tree was made."""
+        raw = self.txn.get(U64.pack(ino), db=self.db["dirtrees"])
+        return DIRTREE.unpack(raw) if raw is not None else None
+
+    def put_dirtree(self, ino: int, tree: bytes, files: int, nbytes: int) -> None:
+        self.txn.put(U64.pack(ino), DIRTREE.pack(tree, files, nbytes), db=self.db["dirtrees"])
+
+    def _stale(self, ino: int) -> None:
+        """Directory ino changed: drop its cached tree and its ancestors'."""
+        self.index.note_stale(ino)
+        while ino != ROOT_INO and self.txn.delete(U64.pack(ino), db=self.db["dirtrees"]):
+            inode = self.get_inode(ino)
+            if inode is None:
+                return
+            ino = inode.parent
+
+    # -- versions and tags
+    def get_version(self, dataset: str, number: int) -> bytes | None:
+        return self.txn.get(_dataset_key(dataset, VERSION_NUMBER.pack(number)),
+                            db=self.db["versions"])
+
+    def put_version(self, dataset: str, number: int, record: bytes) -> None:
+        self.txn.put(_dataset_key(dataset, VERSION_NUMBER.pack(number)), record,
+                     db=self.db["versions"])
+
+    def iter_versions(self, dataset: str | None = None) -> Iterator[bytes]:
+        """Version records of one dataset (or all), oldest first per dataset."""
+        prefix = _dataset_key(dataset, b"") if dataset is not None else b""
+        cur = self.txn.cursor(db=self.db["versions"])
+        if not cur.set_range(prefix):
+            return
+        for key, raw in cur:
+            if not key.startswith(prefix):
+                return
+            yield bytes(raw)
+
+    def get_tag(self, dataset: str, tag: str) -> int | None:
+        raw = self.txn.get(_dataset_key(dataset, tag.encode()), db=self.db["tags"])
+        return VERSION_NUMBER.unpack(raw)[0] if raw is not None else None
+
+    def put_tag(self, dataset: str, tag: str, number: int) -> None:
+        self.txn.put(_dataset_key(dataset, tag.encode()), VERSION_NUMBER.pack(number),
+                     db=self.db["tags"])
+
+    def delete_tag(self, dataset: str, tag: str) -> bool:
+        return bool(self.txn.delete(_dataset_key(dataset, tag.encode()), db=self.db["tags"]))
+
+    def reset_tags(self) -> None:
+        self.txn.drop(self.db["tags"], delete=False)
+
+    def iter_tags(self, dataset: str) -> Iterator[tuple[str, int]]:
+        """(tag, version number) of one dataset's tags."""
+        prefix = _dataset_key(dataset, b"")
+        cur = self.txn.cursor(db=self.db["tags"])
+        if not cur.set_range(prefix):
+            return
+        for key, raw in cur:
+            if not key.startswith(prefix):
+                return
+            yield bytes(key[len(prefix):]).decode(), VERSION_NUMBER.unpack(raw)[0]
 
     # -- chunks and packs
     def get_location(self, cid: bytes) -> Location | None:
@@ -281,6 +366,21 @@ class Index:
                              sync=False, metasync=False, readahead=False, max_readers=512)
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in TABLES}
+        self._stale_logs: list[set[int]] = []
+
+    def note_stale(self, ino: int) -> None:
+        for log in self._stale_logs:
+            log.add(ino)
+
+    @contextmanager
+    def watch_stale(self) -> Iterator[set[int]]:
+        """Collect the directories changed inside the block (see TreeBuilder)."""
+        log: set[int] = set()
+        self._stale_logs.append(log)
+        try:
+            yield log
+        finally:
+            self._stale_logs.remove(log)
 
     def read(self) -> _TxnContext:
         """A read-only transaction, as a context manager yielding Txn."""
@@ -306,7 +406,7 @@ class _TxnContext:
 
     def __enter__(self) -> Txn:
         self.txn = self.index.env.begin(write=self.write)
-        return Txn(self.txn, self.index.dbs)
+        return Txn(self.txn, self.index)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None and self.write:

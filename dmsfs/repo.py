@@ -25,6 +25,7 @@ from .errors import Corrupt, DmsfsError
 from .index import HOLE, ROOT_INO, Index, Location
 from .store import open_store
 from .store.base import ObjectStore
+from .versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Repo:
         self.index = Index(state_dir / "index.lmdb")
         self.chunks = ChunkStore(store, self.index, config, state_dir, cache_bytes)
         self.chunker = Chunker(config.chunker)
+        self.versions = Versions(self.index, self.chunks, store)
 
     @classmethod
     def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
@@ -104,7 +106,8 @@ class Repo:
         return decode_pack_index(table, count)
 
     async def reindex(self) -> dict[str, int]:
-        """Rebuild the chunk and pack tables from the packs in the store."""
+        """Rebuild the chunk and pack tables from the packs in the store, and index
+        the versions and tags stored there."""
         with self.chunks.adoptions() as adopted:
             return await self._reindex(adopted)
 
@@ -145,8 +148,11 @@ class Repo:
                     t.put_location(cid, loc)
             chunks, packs = t.counter("chunks"), t.counter("packs")
         self.chunks.cache.clear()
-        log.info("reindex: %d packs, %d chunks, %d damaged packs", packs, chunks, damaged)
-        return {"packs": packs, "chunks": chunks, "damaged_packs": damaged}
+        versions = await self.versions.sync_from_store()
+        log.info("reindex: %d packs, %d chunks, %d damaged packs, %d new versions", packs,
+                 chunks, damaged, versions)
+        return {"packs": packs, "chunks": chunks, "damaged_packs": damaged,
+                "new_versions": versions}
 
     # ------------------------------------------------------------ consistency
     def path_of(self, ino: int) -> str:

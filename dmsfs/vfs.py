@@ -1,7 +1,9 @@
 """What the store looks like as a file system: the live tree of every dataset.
 
 The root lists datasets; each dataset is a directory holding an ordinary tree
-of files, directories and symlinks.  Every operation here is one short LMDB
+of files, directories and symlinks, and, reachable by name only (unless
+versions are visible), its read-only `@version` folders, which Snapshots
+serves.  Every operation here is one short LMDB
 transaction on the trio thread, except file data, which goes through a
 FileWriter (writes) or the ChunkStore (reads).  Metadata changes commit at once;
 file data commits when a writer is flushed (close), so a file is either its old
@@ -13,11 +15,13 @@ failure is a DmsfsError that says which errno it means.
 
 from __future__ import annotations
 
+import logging
 import re
 import stat
 import time
-from collections.abc import Generator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .content import ChunkList
 from .errors import (
@@ -37,7 +41,11 @@ from .errors import (
 )
 from .index import HOLE, ROOT_INO, Inode, Txn
 from .repo import Repo
+from .restore import Restorer
+from .snapfs import VERSION_COOKIE_BASE, Snapshots, is_snapshot
 from .writer import FileWriter, RingPool
+
+log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
@@ -70,6 +78,23 @@ class OpenInode:
         return self.writer is not None and self.writer.changed
 
 
+class KernelCache(Protocol):
+    """What the kernel caches of the tree, for changes made behind its back
+    (restore, new versions).  The FUSE layer provides it."""
+
+    async def forget_entry(self, parent: int, name: bytes) -> None: ...
+
+    async def forget_inode(self, ino: int) -> None: ...
+
+
+class NoKernelCache:
+    async def forget_entry(self, parent: int, name: bytes) -> None:
+        return None
+
+    async def forget_inode(self, ino: int) -> None:
+        return None
+
+
 def _now() -> int:
     return time.time_ns()
 
@@ -91,10 +116,15 @@ def _check_name(name: bytes) -> None:
 class Vfs:
     """File-system semantics over a Repo."""
 
-    def __init__(self, repo: Repo, *, read_only: bool = False) -> None:
+    def __init__(self, repo: Repo, *, read_only: bool = False,
+                 versions_visible: bool = False) -> None:
         self.repo = repo
         self.index = repo.index
         self.read_only = read_only
+        self.versions_visible = versions_visible
+        self.snaps = Snapshots(repo.versions)
+        self.kernel: KernelCache = NoKernelCache()
+        repo.versions.listeners.append(self._versions_changed)
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, OpenInode] = {}
         self._next_fh = 1
@@ -110,9 +140,19 @@ class Vfs:
         self._rings = RingPool()
 
     # ------------------------------------------------------------ helpers
-    def _writable(self) -> None:
-        if self.read_only:
+    def _writable(self, *inos: int) -> None:
+        """Refuse changes on a read-only mount or to anything in a snapshot."""
+        if self.read_only or any(map(is_snapshot, inos)):
             raise ReadOnly()
+
+    @staticmethod
+    def _dataset_name(t: Txn, ino: int) -> str | None:
+        """The name of dataset directory ino (None if ino is not one)."""
+        if ino == ROOT_INO or is_snapshot(ino):
+            return None
+        # few datasets: a scan of the root beats keeping names by inode
+        return next((name.decode() for _, name, child in t.iter_entries(ROOT_INO)
+                     if child == ino), None)
 
     @staticmethod
     def _get(t: Txn, ino: int) -> Inode:
@@ -171,10 +211,16 @@ class Vfs:
 
     def remember(self, ino: int) -> None:
         """The kernel was given ino once more (an entry from lookup, create, readdir)."""
+        if is_snapshot(ino):
+            self.snaps.remember(ino)
+            return
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped count of its references to ino."""
+        if is_snapshot(ino):
+            self.snaps.forget(ino, count)
+            return
         left = self._lookups.get(ino, 0) - count
         if left > 0:
             self._lookups[ino] = left
@@ -194,6 +240,8 @@ class Vfs:
                 t.delete_inode(ino)  # its bytes left live_bytes when it was unlinked
 
     def getattr(self, ino: int) -> Inode:
+        if is_snapshot(ino):
+            return self.snaps.getattr(ino)
         with self.index.read() as t:
             inode = self._get(t, ino)
         state = self._open.get(ino)
@@ -203,28 +251,45 @@ class Vfs:
                 setattr(inode, key, value)
         return inode
 
-    def lookup(self, parent: int, name: bytes) -> Inode:
+    async def lookup(self, parent: int, name: bytes) -> Inode:
         if name == b".":
             return self.getattr(parent)
         if name == b"..":
             return self.getattr(self.getattr(parent).parent)
         if len(name) > NAME_MAX:
             raise NameTooLong()
+        if is_snapshot(parent):
+            return await self.snaps.lookup(parent, name)
         with self.index.read() as t:
             ino = t.lookup(parent, name)
             if ino is None:
                 self._dir(t, parent)
-                raise NotFound()
+                dataset = self._dataset_name(t, parent) if name.startswith(b"@") else None
+                if dataset is None:
+                    raise NotFound()
+        if ino is None:
+            return self.snaps.lookup_version(parent, dataset, name)
         return self.getattr(ino)
 
-    def readdir(self, ino: int, after: int) -> Generator[tuple[int, bytes, Inode], None, None]:
+    async def readdir(self, ino: int, after: int) -> Iterator[tuple[int, bytes, Inode]]:
         """(cookie, name, attributes) of entries after the cookie `after`."""
+        if is_snapshot(ino):
+            return await self.snaps.readdir(ino, after)
+        return self._readdir(ino, after)
+
+    def _readdir(self, ino: int, after: int) -> Iterator[tuple[int, bytes, Inode]]:
         with self.index.read() as t:
             self._dir(t, ino)
-            for cookie, name, child in t.iter_entries(ino, after):
-                inode = t.get_inode(child)
-                if inode is not None:
-                    yield cookie, name, inode
+            dataset = self._dataset_name(t, ino) if self.versions_visible else None
+            if after < VERSION_COOKIE_BASE:
+                for cookie, name, child in t.iter_entries(ino, after):
+                    inode = t.get_inode(child)
+                    if inode is not None:
+                        yield cookie, name, inode
+        if dataset is not None:
+            for cookie, name in self.snaps.version_names(dataset):
+                if cookie > after:
+                    yield cookie, name, self.snaps.lookup_version(ino, dataset, name)
 
     def setattr(self, ino: int, **changes: int | None) -> Inode:
         """Change mode, uid, gid, atime_ns, mtime_ns or ctime_ns (None: unchanged).
@@ -232,7 +297,7 @@ class Vfs:
         On a file with uncommitted data the change waits for that data's commit
         (cp -a and tar set owner, mode and times before close: one transaction
         instead of four)."""
-        self._writable()
+        self._writable(ino)
         changes = {k: v for k, v in changes.items() if v is not None}
         changes.setdefault("ctime_ns", _now())
         state = self._open.get(ino)
@@ -248,7 +313,7 @@ class Vfs:
 
     async def truncate(self, ino: int, size: int) -> Inode:
         """Set a file's size; committed now unless the file is open for writing."""
-        self._writable()
+        self._writable(ino)
         inode = self.getattr(ino)
         if stat.S_ISDIR(inode.mode):
             raise IsADirectory()
@@ -269,7 +334,6 @@ class Vfs:
     # ------------------------------------------------------------ namespace changes
     def _new_inode(self, t: Txn, parent: int, name: bytes, mode: int, uid: int, gid: int,
                    target: bytes = b"") -> Inode:
-        self._writable()
         p = self._dir(t, parent)
         self._check_new_name(t, p, name, stat.S_ISDIR(mode))
         if t.lookup(parent, name) is not None:
@@ -283,20 +347,25 @@ class Vfs:
         return inode
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        self._writable(parent)
         with self.index.write() as t:
             return self._new_inode(t, parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
 
     def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
         if not stat.S_ISREG(mode):
             raise NotPermitted("only regular files, directories and symlinks are stored")
+        self._writable(parent)
         with self.index.write() as t:
             return self._new_inode(t, parent, name, mode, uid, gid)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
+        self._writable(parent)
         with self.index.write() as t:
             return self._new_inode(t, parent, name, stat.S_IFLNK | 0o777, uid, gid, target)
 
     def readlink(self, ino: int) -> bytes:
+        if is_snapshot(ino):
+            return self.snaps.readlink(ino)
         inode = self.getattr(ino)
         if not stat.S_ISLNK(inode.mode):
             raise InvalidArgument("not a symlink")
@@ -307,11 +376,19 @@ class Vfs:
         p = self._dir(t, parent)
         ino = t.lookup(parent, name)
         if ino is None:
+            if p.parent == ROOT_INO and name.startswith(b"@") and parent != ROOT_INO:
+                raise ReadOnly("@ names at a dataset root are read-only snapshots")
             raise NotFound()
         return p, self._get(t, ino)
 
+    def _check_no_versions(self, t: Txn, parent: int, name: bytes) -> None:
+        """A dataset with versions may not be removed or renamed: its history would
+        go with the name."""
+        if parent == ROOT_INO and next(t.iter_versions(name.decode()), None) is not None:
+            raise NotEmpty(f"dataset {name.decode()} has snapshots")
+
     def unlink(self, parent: int, name: bytes) -> None:
-        self._writable()
+        self._writable(parent)
         with self.index.write() as t:
             p, inode = self._child(t, parent, name)
             if stat.S_ISDIR(inode.mode):
@@ -321,13 +398,14 @@ class Vfs:
             self._drop(t, inode)
 
     def rmdir(self, parent: int, name: bytes) -> None:
-        self._writable()
+        self._writable(parent)
         with self.index.write() as t:
             p, inode = self._child(t, parent, name)
             if not stat.S_ISDIR(inode.mode):
                 raise NotADirectory()
             if t.has_entries(inode.ino):
                 raise NotEmpty()
+            self._check_no_versions(t, parent, name)
             t.remove_entry(parent, name)
             self._touch_dir(t, p, _now())
             t.delete_inode(inode.ino)
@@ -335,9 +413,10 @@ class Vfs:
     def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
                noreplace: bool = False) -> None:
         """Move a name, replacing what the target name held, in one transaction."""
-        self._writable()
+        self._writable(old_parent, new_parent)
         with self.index.write() as t:
             op, inode = self._child(t, old_parent, old)
+            self._check_no_versions(t, old_parent, old)
             ino = inode.ino
             np = op if new_parent == old_parent else self._dir(t, new_parent)
             is_dir = stat.S_ISDIR(inode.mode)
@@ -384,6 +463,8 @@ class Vfs:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if ino == ROOT_INO and name in self.root_xattrs:
             return self.root_xattrs[name]
+        if is_snapshot(ino):
+            return self.snaps.getxattr(ino, name)
         if not name.startswith(b"user."):
             # only user.* is stored; the kernel asks for security.capability on every
             # write, so answer without a transaction
@@ -396,13 +477,15 @@ class Vfs:
             return bytes(value)
 
     def listxattr(self, ino: int) -> list[bytes]:
+        if is_snapshot(ino):
+            return self.snaps.listxattr(ino)
         with self.index.read() as t:
             self._get(t, ino)
             names = t.list_xattrs(ino)
         return [*self.root_xattrs, *names] if ino == ROOT_INO else names
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self._writable()
+        self._writable(ino)
         if not name.startswith(b"user."):
             raise NotSupported("only user.* extended attributes are stored")
         if len(value) > XATTR_VALUE_MAX:
@@ -414,18 +497,23 @@ class Vfs:
             t.put_inode(inode)
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        self._writable()
+        self._writable(ino)
         with self.index.write() as t:
-            self._get(t, ino)
+            inode = self._get(t, ino)
             if not t.delete_xattr(ino, self._xattr_name(name)):
                 raise NoAttribute()
+            inode.ctime_ns = _now()
+            t.put_inode(inode)
 
     # ------------------------------------------------------------ file data
     def _state(self, ino: int) -> OpenInode:
         state = self._open.get(ino)
         if state is None:
-            with self.index.read() as t:
-                content = ChunkList(t.get_content(ino))
+            if is_snapshot(ino):
+                content = self.snaps.content(ino)
+            else:
+                with self.index.read() as t:
+                    content = ChunkList(t.get_content(ino))
             state = self._open[ino] = OpenInode(content)
         state.handles += 1
         return state
@@ -456,7 +544,7 @@ class Vfs:
         if stat.S_ISDIR(inode.mode):
             raise IsADirectory()
         if write:
-            self._writable()
+            self._writable(ino)
         state = self._state(ino)
         if truncate and write:
             writer = self._writer(ino, state)
@@ -467,6 +555,7 @@ class Vfs:
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int
                ) -> tuple[int, Inode]:
+        self._writable(parent)
         with self.index.write() as t:
             inode = self._new_inode(t, parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
         self._state(inode.ino)
@@ -553,6 +642,35 @@ class Vfs:
             await self._commit(h.ino, state)
         finally:
             self._release_state(h.ino, state)
+
+    # ------------------------------------------------------------ versions
+    async def _versions_changed(self, dataset: str, names: list[bytes]) -> None:
+        with self.index.read() as t:
+            ino = t.lookup(ROOT_INO, dataset.encode())
+        if ino is not None:
+            for name in names:
+                await self.kernel.forget_entry(ino, name)
+
+    async def restore(self, dataset: str, spec: str, path: str | None, *, uid: int
+                      ) -> dict[str, object]:
+        """Make the live tree (or one path of it) equal to a version."""
+        self._writable()
+        result = await Restorer(self).run(dataset, spec, path)
+        log.info("restore of %s%s to %s by uid %d: %s", dataset, f"/{path}" if path else "",
+                 spec, uid, {k: result[k] for k in ("added", "removed", "changed")})
+        return result
+
+    async def ensure_datasets(self) -> None:
+        """Give every dataset known only by its versions (a new state dir over an old
+        store) a live tree: its latest version."""
+        for dataset in self.repo.versions.datasets():
+            with self.index.write() as t:
+                if t.lookup(ROOT_INO, dataset.encode()) is not None:
+                    continue
+                root = self._get(t, ROOT_INO)
+                self._new_inode(t, ROOT_INO, dataset.encode(), stat.S_IFDIR | 0o755,
+                                root.uid, root.gid)
+            await Restorer(self).run(dataset, "latest", None)
 
     # ------------------------------------------------------------ file system
     def statfs(self) -> dict[str, int]:

@@ -1,0 +1,142 @@
+"""Tree objects of the live tree (built for snapshots) and of versions (read back).
+
+TreeBuilder walks one dataset in a single LMDB read transaction, so what it
+records is the committed state at one instant: an open file's uncommitted
+writes are not in it, never half of them.  Directories whose tree is cached in
+`dirtrees` are not entered; a snapshot therefore costs what changed since the
+last one.  It runs in a worker thread; trees it makes are stored as blobs
+through the chunk store (or, for a diff against the live tree, kept in memory).
+
+TreeLoader reads trees back (from those in memory or the chunk store) and keeps
+recently decoded ones.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .chunkstore import ChunkStore
+from .codec import chunk_id
+from .index import Index, Location, Txn
+from .tree import Tree, TreeEntry, decode_tree, encode_tree
+
+TREE_CACHE_ENTRIES = 200_000
+
+
+@dataclass
+class Built:
+    """What one build made."""
+
+    tree: bytes                                  # the dataset's root tree id
+    files: int
+    bytes: int
+    # dir ino -> (tree id, files, bytes, parent ino) of every directory made anew
+    made: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
+    trees: dict[bytes, Tree] = field(default_factory=dict)   # decoded, by id
+    locations: dict[bytes, Location] = field(default_factory=dict)
+
+
+class TreeBuilder:
+    """Trees of the live namespace, reusing the cached ones of unchanged directories."""
+
+    def __init__(self, index: Index, chunks: ChunkStore) -> None:
+        self.index = index
+        self.chunks = chunks
+
+    def build(self, root: int, store: bool) -> Built:
+        """Trees for the directory `root` and below (blocking; a worker thread).
+
+        With store=False nothing is written: the trees stay in Built.trees."""
+        built = Built(b"", 0, 0)
+        with self.index.read() as t:
+            built.tree, built.files, built.bytes = self._dir(t, root, built, store)
+        return built
+
+    def _dir(self, t: Txn, ino: int, built: Built, store: bool) -> tuple[bytes, int, int]:
+        cached = t.get_dirtree(ino)
+        if cached is not None:
+            return cached
+        entries = []
+        for _, name, child in t.iter_entries(ino):
+            inode = t.get_inode(child)
+            if inode is None:
+                continue
+            e = TreeEntry(name, inode.mode, inode.uid, inode.gid, inode.mtime_ns,
+                          inode.ctime_ns, inode.size, target=inode.target)
+            if stat.S_ISDIR(inode.mode):
+                e.tree, e.files, e.size = self._dir(t, child, built, store)
+            elif stat.S_ISREG(inode.mode):
+                e.chunks = t.get_content(child)
+            for xname in t.list_xattrs(child):
+                e.xattrs[xname] = bytes(t.get_xattr(child, xname) or b"")
+            entries.append(e)
+        entries.sort(key=lambda e: e.name)
+        tree = Tree(entries)
+        raw = encode_tree(entries)
+        if store:
+            tid, loc = self.chunks.put(raw)
+            if loc is not None:
+                built.locations[tid] = loc
+        else:
+            tid = chunk_id(raw)
+        built.trees[tid] = tree
+        files, nbytes = tree.files, tree.bytes
+        built.made[ino] = (tid, files, nbytes, self._parent(t, ino))
+        return tid, files, nbytes
+
+    @staticmethod
+    def _parent(t: Txn, ino: int) -> int:
+        inode = t.get_inode(ino)
+        return inode.parent if inode is not None else 0
+
+    def cache(self, built: Built, changed: set[int]) -> None:
+        """Record the built trees as the cached trees of their directories, except
+        for directories changed since the build began and those above them."""
+        stale = set()
+        for ino in changed:
+            while ino in built.made and ino not in stale:
+                stale.add(ino)
+                ino = built.made[ino][3]
+        with self.index.write() as t:
+            for cid, loc in built.locations.items():
+                if t.get_location(cid) is None:
+                    t.put_location(cid, loc)
+            for ino, (tid, files, nbytes, _) in built.made.items():
+                if ino not in stale:
+                    t.put_dirtree(ino, tid, files, nbytes)
+
+
+class TreeLoader:
+    """Decoded trees by id, from a recent build or the chunk store."""
+
+    def __init__(self, chunks: ChunkStore) -> None:
+        self.chunks = chunks
+        self._cache: OrderedDict[bytes, Tree] = OrderedDict()
+        self._entries = 0
+
+    async def load(self, tid: bytes, extra: dict[bytes, Tree] | None = None) -> Tree:
+        if extra and tid in extra:
+            return extra[tid]
+        tree = self._cache.get(tid)
+        if tree is not None:
+            self._cache.move_to_end(tid)
+            return tree
+        tree = decode_tree(await self.chunks.get(tid))
+        self._cache[tid] = tree
+        self._entries += len(tree.entries) + 1
+        while self._entries > TREE_CACHE_ENTRIES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._entries -= len(old.entries) + 1
+        return tree
+
+    async def walk(self, tid: bytes, prefix: str = "") -> AsyncIterator[tuple[str, TreeEntry]]:
+        """(path, entry) of everything below a tree, parents before children."""
+        for e in (await self.load(tid)).entries:
+            path = prefix + e.name.decode(errors="surrogateescape")
+            yield path, e
+            if e.kind == "dir":
+                async for sub in self.walk(e.tree, path + "/"):
+                    yield sub
