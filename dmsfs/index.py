@@ -136,6 +136,7 @@ class Txn:
         self.txn = txn
         self.index = index
         self.db = index.dbs
+        self._xattr_cursor: lmdb.Cursor | None = None
 
     # -- meta and counters
     def get_meta(self, key: str) -> bytes | None:
@@ -212,6 +213,10 @@ class Txn:
         raw = self.txn.get(U64.pack(ino), db=self.db["content"])
         return decode_content(raw) if raw else []
 
+    def get_content_raw(self, ino: int) -> bytes:
+        """A file's content as stored: n x (chunk id 32 | length u32)."""
+        return bytes(self.txn.get(U64.pack(ino), db=self.db["content"]) or b"")
+
     def put_content(self, ino: int, chunks: list[tuple[bytes, int]]) -> None:
         self.txn.put(U64.pack(ino), encode_content(chunks), db=self.db["content"])
 
@@ -231,6 +236,19 @@ class Txn:
 
     def list_xattrs(self, ino: int) -> list[bytes]:
         return [k[8:] for k in self._prefix_keys("xattrs", U64.pack(ino))]
+
+    def xattr_items(self, ino: int) -> list[tuple[bytes, bytes]]:
+        """(name, value) of every xattr of ino, with one cursor kept per transaction."""
+        if self._xattr_cursor is None:
+            self._xattr_cursor = self.txn.cursor(db=self.db["xattrs"])
+        cur, prefix = self._xattr_cursor, U64.pack(ino)
+        items: list[tuple[bytes, bytes]] = []
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                items.append((bytes(key[8:]), bytes(value)))
+        return items
 
     def _prefix_keys(self, table: str, prefix: bytes) -> Iterator[bytes]:
         cur = self.txn.cursor(db=self.db[table])

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from .chunkstore import ChunkStore
 from .codec import chunk_id
-from .index import Index, Location, Txn
-from .tree import Tree, TreeEntry, decode_tree, encode_tree
+from .index import CONTENT_ENTRY, Index, Location, Txn
+from .tree import Tree, TreeEntry, decode_tree, encode_entry, encode_tree
 
 TREE_CACHE_ENTRIES = 200_000
 
@@ -35,7 +35,7 @@ class Built:
     bytes: int
     # dir ino -> (tree id, files, bytes, parent ino) of every directory made anew
     made: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)
-    trees: dict[bytes, Tree] = field(default_factory=dict)   # decoded, by id
+    raw: dict[bytes, bytes] = field(default_factory=dict)    # encoded trees, by id
     locations: dict[bytes, Location] = field(default_factory=dict)
 
 
@@ -49,7 +49,7 @@ class TreeBuilder:
     def build(self, root: int, store: bool) -> Built:
         """Trees for the directory `root` and below (blocking; a worker thread).
 
-        With store=False nothing is written: the trees stay in Built.trees."""
+        With store=False nothing is written: the trees stay in Built.raw."""
         built = Built(b"", 0, 0)
         with self.index.read() as t:
             built.tree, built.files, built.bytes = self._dir(t, root, built, store)
@@ -59,31 +59,36 @@ class TreeBuilder:
         cached = t.get_dirtree(ino)
         if cached is not None:
             return cached
-        entries = []
+        # entries are encoded straight from the index records (this loop is what a
+        # first snapshot of a big dataset costs)
+        entries: list[tuple[bytes, bytes]] = []
+        files = nbytes = 0
         for _, name, child in t.iter_entries(ino):
             inode = t.get_inode(child)
             if inode is None:
                 continue
-            e = TreeEntry(name, inode.mode, inode.uid, inode.gid, inode.mtime_ns,
-                          inode.ctime_ns, inode.size, target=inode.target)
-            if stat.S_ISDIR(inode.mode):
-                e.tree, e.files, e.size = self._dir(t, child, built, store)
-            elif stat.S_ISREG(inode.mode):
-                e.chunks = t.get_content(child)
-            for xname in t.list_xattrs(child):
-                e.xattrs[xname] = bytes(t.get_xattr(child, xname) or b"")
-            entries.append(e)
-        entries.sort(key=lambda e: e.name)
-        tree = Tree(entries)
-        raw = encode_tree(entries)
+            mode, size, count = inode.mode, inode.size, 0
+            if stat.S_ISDIR(mode):
+                payload, count, size = self._dir(t, child, built, store)
+                files, nbytes = files + count, nbytes + size
+            elif stat.S_ISREG(mode):
+                payload = t.get_content_raw(child)
+                count = len(payload) // CONTENT_ENTRY.size
+                files, nbytes = files + 1, nbytes + size
+            else:
+                payload = inode.target
+            entries.append((name, encode_entry(name, mode, inode.uid, inode.gid,
+                                               inode.mtime_ns, inode.ctime_ns, size, count,
+                                               payload, t.xattr_items(child))))
+        entries.sort()
+        raw = encode_tree([e for _, e in entries])
         if store:
             tid, loc = self.chunks.put(raw)
             if loc is not None:
                 built.locations[tid] = loc
         else:
             tid = chunk_id(raw)
-        built.trees[tid] = tree
-        files, nbytes = tree.files, tree.bytes
+            built.raw[tid] = raw
         built.made[ino] = (tid, files, nbytes, self._parent(t, ino))
         return tid, files, nbytes
 
@@ -117,14 +122,14 @@ class TreeLoader:
         self._cache: OrderedDict[bytes, Tree] = OrderedDict()
         self._entries = 0
 
-    async def load(self, tid: bytes, extra: dict[bytes, Tree] | None = None) -> Tree:
-        if extra and tid in extra:
-            return extra[tid]
+    async def load(self, tid: bytes, extra: dict[bytes, bytes] | None = None) -> Tree:
+        """A tree by id; `extra` holds encoded trees not in the store (Built.raw)."""
         tree = self._cache.get(tid)
         if tree is not None:
             self._cache.move_to_end(tid)
             return tree
-        tree = decode_tree(await self.chunks.get(tid))
+        raw = extra.get(tid) if extra else None
+        tree = decode_tree(raw if raw is not None else await self.chunks.get(tid))
         self._cache[tid] = tree
         self._entries += len(tree.entries) + 1
         while self._entries > TREE_CACHE_ENTRIES and len(self._cache) > 1:

@@ -25,7 +25,7 @@ from .errors import Corrupt, DmsfsError
 from .index import HOLE, ROOT_INO, Index, Location
 from .store import open_store
 from .store.base import ObjectStore
-from .versions import Versions
+from .versions import VersionRecord, Versions
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,22 @@ class Repo:
 
     # ------------------------------------------------------------ statistics
     def stats(self) -> dict[str, object]:
+        """Logical bytes are those of every live tree and every version (what they
+        would take without deduplication), as restic counts them."""
         with self.index.read() as t:
-            logical = t.counter("live_bytes")
+            live = t.counter("live_bytes")
             stored = t.counter("stored_bytes")
             counts = {k: t.counter(k) for k in ("chunks", "chunk_bytes", "packs")}
+        versions = self._all_versions()
+        logical = live + sum(r.bytes for r in versions)
         backlog = self.chunks.backlog
         cache = self.chunks.cache
         return {
             "store": self.store.url,
             "store_id": self.config.store_id,
             "logical_bytes": logical,
+            "live_bytes": live,
+            "versions": len(versions),
             "stored_bytes": stored,
             "dedup_ratio": round(logical / stored, 3) if stored else None,
             "chunks": counts["chunks"],
@@ -183,12 +189,14 @@ class Repo:
                     if cid != HOLE:
                         users.setdefault(cid, []).append(ino)
         problems: list[str] = []
+        in_versions = await self._version_chunks(problems)
 
         def files(cid: bytes) -> str:
-            inos = users.get(cid, [])
-            return ", ".join(self.path_of(i) for i in inos[:5]) or "no file"
+            names = [self.path_of(i) for i in users.get(cid, [])[:5]]
+            names += in_versions.get(cid, [])[:5]
+            return ", ".join(names) or "no file"
 
-        for cid, inos in users.items():
+        for cid in users.keys() | in_versions.keys():
             if cid not in locations:
                 problems.append(f"chunk {cid.hex()} used by {files(cid)} is not in the index")
         stored_keys = set(await trio.to_thread.run_sync(lambda: list(self.store.list("packs/"))))
@@ -218,8 +226,41 @@ class Repo:
             "problems": problems,
             "unindexed_packs": unindexed,
             "checked": {"packs": len(packs), "chunks": len(locations), "files": len(
-                {i for inos in users.values() for i in inos}), "read_data": read_data},
+                {i for inos in users.values() for i in inos}),
+                "versions": len(self._all_versions()), "read_data": read_data},
         }
+
+    def _all_versions(self) -> list[VersionRecord]:
+        with self.index.read() as t:
+            return [VersionRecord.decode(raw) for raw in t.iter_versions()]
+
+    async def _version_chunks(self, problems: list[str]) -> dict[bytes, list[str]]:
+        """Chunk id -> names of the version files (and trees) that use it; every
+        tree shared by versions is read once."""
+        users: dict[bytes, list[str]] = {}
+        seen: set[bytes] = set()
+
+        async def visit(tid: bytes, label: str) -> None:
+            if tid in seen:
+                return
+            seen.add(tid)
+            users.setdefault(tid, []).append(f"{label}/ (its tree)")
+            try:
+                tree = await self.versions.trees.load(tid)
+            except DmsfsError as e:
+                problems.append(f"tree {tid.hex()} of {label} is unreadable: {e}")
+                return
+            for e in tree.entries:
+                path = f"{label}/{e.name.decode(errors='replace')}"
+                if e.kind == "dir":
+                    await visit(e.tree, path)
+                for cid, _ in e.chunks:
+                    if cid != HOLE:
+                        users.setdefault(cid, []).append(path)
+
+        for record in self._all_versions():
+            await visit(record.tree, f"{record.dataset}@v{record.number}")
+        return users
 
     def _verify_pack(self, key: str, chunks: list[tuple[bytes, Location]],
                      files: Callable[[bytes], str]) -> list[str]:

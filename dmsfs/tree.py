@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from .codec import ID_SIZE
 from .errors import Corrupt
+from .index import CONTENT_ENTRY
 
 TREE_MAGIC = b"DMSTREE1"
 ENTRY = struct.Struct("<IIIqqQQHH")
-CHUNK_REF = struct.Struct("<32sI")
+CHUNK_REF = CONTENT_ENTRY
 XATTR = struct.Struct("<HI")
 
 
@@ -86,27 +87,21 @@ class Tree:
         return sum(e.size for e in self.entries if e.kind != "symlink")
 
 
-def encode_tree(entries: list[TreeEntry]) -> bytes:
-    """The canonical encoding (entries must be sorted by name)."""
-    out = [TREE_MAGIC]
-    for e in entries:
-        kind = e.kind
-        count = len(e.chunks) if kind == "file" else e.files if kind == "dir" else 0
-        size = len(e.target) if kind == "symlink" else e.size
-        out.append(ENTRY.pack(e.mode, e.uid, e.gid, e.mtime_ns, e.ctime_ns, size, count,
-                              len(e.name), len(e.xattrs)))
-        out.append(e.name)
-        if kind == "file":
-            out.extend(CHUNK_REF.pack(cid, n) for cid, n in e.chunks)
-        elif kind == "dir":
-            out.append(e.tree)
-        else:
-            out.append(e.target)
-        for k, v in sorted(e.xattrs.items()):
-            out.append(XATTR.pack(len(k), len(v)))
-            out.append(k)
-            out.append(v)
+def encode_entry(name: bytes, mode: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int,
+                 size: int, count: int, payload: bytes,
+                 xattrs: list[tuple[bytes, bytes]]) -> bytes:
+    """One entry's encoding; payload as the layout above says (for a file, the
+    chunk refs exactly as the index stores a file's content)."""
+    out = [ENTRY.pack(mode, uid, gid, mtime_ns, ctime_ns, size, count, len(name),
+                      len(xattrs)), name, payload]
+    for k, v in sorted(xattrs):
+        out += (XATTR.pack(len(k), len(v)), k, v)
     return b"".join(out)
+
+
+def encode_tree(entries: list[bytes]) -> bytes:
+    """A tree from encoded entries, which must be sorted by name."""
+    return TREE_MAGIC + b"".join(entries)
 
 
 def decode_tree(buf: bytes) -> Tree:

@@ -179,19 +179,19 @@ class Versions:
         async for item in self.trees.walk(record.tree):
             yield item
 
-    async def live_tree(self, dataset: str) -> tuple[bytes, dict[bytes, Tree]]:
-        """The live tree of a dataset as trees in memory (nothing stored)."""
+    async def live_tree(self, dataset: str) -> tuple[bytes, dict[bytes, bytes]]:
+        """The live tree of a dataset as encoded trees in memory (nothing stored)."""
         ino = self._dataset_ino(dataset)
         built = await trio.to_thread.run_sync(self.builder.build, ino, False,
                                               limiter=self.chunks.cpu)
-        return built.tree, built.trees
+        return built.tree, built.raw
 
     async def diff(self, a: tuple[str, str | None], b: tuple[str, str | None]
                    ) -> dict[str, object]:
         """Files added, removed, modified and renamed from a to b ((dataset, version
         spec), a spec of None meaning the live tree)."""
         sides = []
-        extra: dict[bytes, Tree] = {}
+        extra: dict[bytes, bytes] = {}
         for dataset, spec in (a, b):
             if spec is None:
                 tid, trees = await self.live_tree(dataset)
