@@ -80,9 +80,10 @@ async def _stop_on_signals() -> None:
 async def run(opts: DaemonOptions) -> None:
     """Mount the store and serve until unmounted or signalled."""
     sys.setswitchinterval(SWITCH_INTERVAL)
-    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed)
+    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed,
+                     read_only=opts.read_only)
     try:
-        vfs = Vfs(repo, read_only=opts.read_only, versions_visible=opts.versions_visible)
+        vfs = Vfs(repo, versions_visible=opts.versions_visible)
         vfs.ensure_root(os.getuid(), os.getgid())
         socket_path = repo.state_dir / "api.sock"
         vfs.root_xattrs[b"user.dmsfs.api"] = f"unix:{socket_path}".encode()

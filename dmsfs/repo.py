@@ -36,24 +36,26 @@ class Repo:
     """Everything the daemon holds open for one store."""
 
     def __init__(self, store: ObjectStore, config: StoreConfig, state_dir: Path,
-                 cache_bytes: int) -> None:
+                 cache_bytes: int, read_only: bool = False) -> None:
         self.store = store
+        self.read_only = read_only
         self.config = config
         self.state_dir = state_dir
         self.index = Index(state_dir / "index.lmdb")
         self.chunks = ChunkStore(store, self.index, config, state_dir, cache_bytes)
         self.chunker = Chunker(config.chunker)
-        self.versions = Versions(self.index, self.chunks, store)
+        self.versions = Versions(self.index, self.chunks, store, read_only=read_only)
 
     @classmethod
     def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
-             proposed: StoreConfig | None = None) -> Repo:
-        """Open (initialising if new) the store at url with its state dir."""
+             proposed: StoreConfig | None = None, read_only: bool = False) -> Repo:
+        """Open (initialising if new) the store at url with its state dir; read_only
+        refuses every change to the datasets (the index is still maintained)."""
         store = open_store(url)
         config = load_or_init(store, proposed)
         state = state_dir or default_state_dir(config.store_id)
         state.mkdir(parents=True, exist_ok=True)
-        return cls(store, config, state, cache_bytes)
+        return cls(store, config, state, cache_bytes, read_only)
 
     def close(self) -> None:
         self.index.close()

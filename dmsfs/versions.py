@@ -29,7 +29,7 @@ import trio
 
 from .chunkstore import ChunkStore
 from .diff import diff_trees
-from .errors import InvalidArgument, InvalidName, NotFound
+from .errors import InvalidArgument, InvalidName, NotFound, ReadOnly
 from .index import ROOT_INO, Index
 from .manifest import TreeBuilder, TreeLoader
 from .store.base import ObjectStore
@@ -129,7 +129,9 @@ class VersionRecord:
 class Versions:
     """Snapshots, tags and version names of every dataset in one repository."""
 
-    def __init__(self, index: Index, chunks: ChunkStore, store: ObjectStore) -> None:
+    def __init__(self, index: Index, chunks: ChunkStore, store: ObjectStore, *,
+                 read_only: bool = False) -> None:
+        self.read_only = read_only
         self.index = index
         self.chunks = chunks
         self.store = store
@@ -207,6 +209,10 @@ class Versions:
         return {"a": sides[0][0], "b": sides[1][0], **result}
 
     # ------------------------------------------------------------ changing
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("this daemon serves the store read-only")
+
     def _dataset_ino(self, dataset: str) -> int:
         with self.index.read() as t:
             ino = t.lookup(ROOT_INO, dataset.encode())
@@ -217,6 +223,7 @@ class Versions:
     async def snapshot(self, dataset: str, *, message: str = "", tag: str | None = None,
                        uid: int) -> VersionRecord:
         """Record the live tree of a dataset as its next version."""
+        self._writable()
         if tag is not None:
             check_tag(tag)
         ino = self._dataset_ino(dataset)
@@ -251,6 +258,7 @@ class Versions:
 
     async def tag(self, dataset: str, spec: str, tag: str, *, uid: int) -> VersionRecord:
         """Point a tag at a version (moving it if it named another)."""
+        self._writable()
         check_tag(tag)
         async with self._lock:
             record = self.resolve(dataset, spec)
@@ -259,6 +267,7 @@ class Versions:
         return self.resolve(dataset, f"v{record.number}")
 
     async def untag(self, dataset: str, tag: str, *, uid: int) -> None:
+        self._writable()
         async with self._lock:
             with self.index.read() as t:
                 if t.get_tag(dataset, tag) is None:

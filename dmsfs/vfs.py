@@ -116,11 +116,10 @@ def _check_name(name: bytes) -> None:
 class Vfs:
     """File-system semantics over a Repo."""
 
-    def __init__(self, repo: Repo, *, read_only: bool = False,
-                 versions_visible: bool = False) -> None:
+    def __init__(self, repo: Repo, *, versions_visible: bool = False) -> None:
         self.repo = repo
         self.index = repo.index
-        self.read_only = read_only
+        self.read_only = repo.read_only
         self.versions_visible = versions_visible
         self.snaps = Snapshots(repo.versions)
         self.kernel: KernelCache = NoKernelCache()
