@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import pwd
 from typing import Any
 
 from dmsfs.client import Client
 from dmsfs.sizes import format_size
+
+from .export import output_kind, progress, write
 
 
 def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
@@ -20,7 +24,10 @@ def stats(client: Client, args: argparse.Namespace) -> int:
     ratio = f"{s['dedup_ratio']:.2f}" if s["dedup_ratio"] else "-"
     _emit(args, s, "\n".join([
         f"store          {s['store']}",
-        f"logical bytes  {s['logical_bytes']:>16,}  ({format_size(s['logical_bytes'])})",
+        f"logical bytes  {s['logical_bytes']:>16,}  ({format_size(s['logical_bytes'])}, "
+        f"live trees and versions)",
+        f"live bytes     {s['live_bytes']:>16,}  ({format_size(s['live_bytes'])})",
+        f"versions       {s['versions']:>16,}",
         f"stored bytes   {s['stored_bytes']:>16,}  ({format_size(s['stored_bytes'])})",
         f"dedup ratio    {ratio:>16}",
         f"chunks         {s['chunks']:>16,}",
@@ -38,7 +45,8 @@ def fsck(client: Client, args: argparse.Namespace) -> int:
     lines = [f"damage: {p}" for p in r["problems"]]
     lines += [f"note: pack {k} is in the store but not in the index (dmsctl reindex adopts it)"
               for k in r["unindexed_packs"]]
-    lines.append(f"checked {c['packs']} packs, {c['chunks']} chunks, {c['files']} files"
+    lines.append(f"checked {c['packs']} packs, {c['chunks']} chunks, {c['files']} files, "
+                 f"{c['versions']} versions"
                  + (" (all data read)" if c["read_data"] else "")
                  + (f": {len(r['problems'])} problems" if r["problems"] else ": no damage"))
     _emit(args, r, "\n".join(lines))
@@ -48,7 +56,9 @@ def fsck(client: Client, args: argparse.Namespace) -> int:
 def reindex(client: Client, args: argparse.Namespace) -> int:
     r = client.reindex()
     _emit(args, r, f"rebuilt the chunk index: {r['packs']} packs, {r['chunks']} chunks"
-          + (f", {r['damaged_packs']} unreadable packs skipped" if r["damaged_packs"] else ""))
+          + (f", {r['damaged_packs']} unreadable packs skipped" if r["damaged_packs"] else "")
+          + (f"; {r['new_versions']} versions indexed from the store"
+             if r.get("new_versions") else ""))
     return 1 if r["damaged_packs"] else 0
 
 
@@ -56,3 +66,135 @@ def flush(client: Client, args: argparse.Namespace) -> int:
     r = client.flush()
     _emit(args, r, f"staged data sealed; backlog {r['backlog']['objects']} objects")
     return 0
+
+
+def whoami(client: Client, args: argparse.Namespace) -> int:
+    w = client.whoami()
+    _emit(args, w, f"uid {w['uid']} ({_user(w['uid'])}), gid {w['gid']} ({_group(w['gid'])}), "
+          f"pid {w['pid']}")
+    return 0
+
+
+# ------------------------------------------------------------------ versions
+def snapshot(client: Client, args: argparse.Namespace) -> int:
+    r = client.snapshot(args.dataset, args.message, args.tag)
+    _emit(args, r, f"v{r['number']} {r['id']}")
+    return 0
+
+
+def versions(client: Client, args: argparse.Namespace) -> int:
+    records = client.versions(args.dataset)
+    rows = [[f"v{r['number']}", r["id"], r["time"][:19] + "Z", r["user"],
+             " ".join(r["message"].split()), ",".join(r["tags"]), f"{r['files']:,}",
+             format_size(r["bytes"])] for r in records]
+    text = (_table(["N", "ID", "TIME", "USER", "MESSAGE", "TAGS", "FILES", "BYTES"], rows,
+                   right={6, 7})
+            if rows else f"{args.dataset} has no versions yet (dmsctl snapshot {args.dataset})")
+    _emit(args, records, text)
+    return 0
+
+
+def tag(client: Client, args: argparse.Namespace) -> int:
+    dataset, version = args.version
+    r = client.tag(dataset, version, args.tag)
+    _emit(args, r, f"{dataset}@{args.tag} is v{r['number']} {r['id']}")
+    return 0
+
+
+def untag(client: Client, args: argparse.Namespace) -> int:
+    client.untag(args.dataset, args.tag)
+    _emit(args, {"dataset": args.dataset, "tag": args.tag},
+          f"tag {args.tag} of {args.dataset} removed (its version stays)")
+    return 0
+
+
+def diff(client: Client, args: argparse.Namespace) -> int:
+    d = client.diff(args.a, args.b)
+    _emit(args, d, _diff_text(d))
+    return 0
+
+
+def _diff_text(d: dict[str, Any]) -> str:
+    """One line per change, ordered by path, then a summary line."""
+    changes = [(c["path"], f"+ {_q(c['path'])} ({format_size(c['size'])})") for c in d["added"]]
+    changes += [(c["path"], f"- {_q(c['path'])} ({format_size(c['size'])})")
+                for c in d["removed"]]
+    changes += [(c["path"], f"M {_q(c['path'])} ({format_size(c['old_size'])} -> "
+                 f"{format_size(c['new_size'])}{_besides_content(c)})") for c in d["modified"]]
+    changes += [(c["to"], f"R {_q(c['from'])} -> {_q(c['to'])}") for c in d["renamed"]]
+    counts = ", ".join(f"{len(d[k])} {k}" for k in ("added", "removed", "modified", "renamed"))
+    return "\n".join([*(line for _, line in sorted(changes)), f"{d['a']} -> {d['b']}: {counts}"])
+
+
+def _besides_content(change: dict[str, Any]) -> str:
+    """"; mode, owner" when more than the bytes changed (sizes alone would not show it)."""
+    what = change.get("what", ["content"])
+    return "" if what == ["content"] else "; " + ", ".join(what)
+
+
+def export(client: Client, args: argparse.Namespace) -> int:
+    dataset, version = args.version
+    kind = output_kind(args.out)  # a bad OUT is a usage error before any transfer
+    total, pieces = client.export_stream(dataset, version)
+    write(progress(pieces, total, f"{dataset}@{version}"), args.out, kind)
+    _emit(args, {"dataset": dataset, "version": version, "out": args.out, "bytes": total},
+          f"exported {dataset}@{version} to {args.out} ({format_size(total)} of files)")
+    return 0
+
+
+def restore(client: Client, args: argparse.Namespace) -> int:
+    dataset, version = args.version
+    r = client.restore(dataset, version, args.path)
+    where = f"{dataset}/{r['path']}" if r["path"] else dataset
+    v = r["version"]
+    _emit(args, r, f"{where} restored to v{v['number']} {v['id']}: {r['added']} added, "
+          f"{r['removed']} removed, {r['changed']} changed")
+    return 0
+
+
+# ------------------------------------------------------------------ argument types
+def version_of(text: str) -> tuple[str, str]:
+    """argparse type for DATASET@VERSION."""
+    dataset, at, version = text.partition("@")
+    if not (dataset and at and version):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not DATASET@VERSION (e.g. mydata@v3, mydata@latest, mydata@TAG)")
+    return dataset, version
+
+
+def dataset_or_version(text: str) -> str:
+    """argparse type for DATASET (its live tree) or DATASET@VERSION."""
+    if "@" in text:
+        version_of(text)
+    elif not text:
+        raise argparse.ArgumentTypeError("empty dataset name")
+    return text
+
+
+# ------------------------------------------------------------------ rendering
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """Columns padded to their widest cell; those in `right` right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in [header, *rows])
+
+
+def _q(path: str) -> str:
+    """A path as is, or JSON-quoted if it holds characters that would garble the line."""
+    return path if path.isprintable() else json.dumps(path, ensure_ascii=False)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "unknown user"
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return "unknown group"

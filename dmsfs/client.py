@@ -3,6 +3,8 @@
     from dmsfs.client import Client
     c = Client.discover()          # or Client("unix:/var/lib/dmsfs/<id>/api.sock")
     print(c.stats()["dedup_ratio"])
+    v = c.snapshot("mydata", message="nightly")     # {"number": 3, "id": ..., ...}
+    total, pieces = c.export_stream("mydata", "v3")  # a tar stream of that version
 
 Finding the daemon (SPEC section 8), first match wins: an explicit address;
 DMSFS_API; a state dir (`state=` or DMSFS_STATE) and its api.sock; a mount
@@ -17,6 +19,7 @@ import http.client
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -24,6 +27,7 @@ from urllib.parse import quote, urlencode
 from .errors import DmsfsError, Unreachable, UsageError, from_code
 
 API_XATTR = "user.dmsfs.api"
+STREAM_PIECE = 1 << 20
 DEFAULT_STATE_BASES = (Path("/var/lib/dmsfs"),
                        Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
                        / "dmsfs")
@@ -103,33 +107,45 @@ class Client:
             return http.client.HTTPConnection(self.address[7:].rstrip("/"), timeout=self.timeout)
         raise UsageError(f"unsupported API address {self.address!r}")
 
-    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
-             body: Any = None) -> Any:
-        """One request; returns the decoded JSON, raises the DmsfsError it reports."""
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None,
+              body: Any = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request and read the response head; the caller closes the connection."""
         query = {k: ("true" if v is True else "false" if v is False else v)
                  for k, v in (params or {}).items() if v is not None}
-        url = quote(path) + (f"?{urlencode(query)}" if query else "")
+        url = path + (f"?{urlencode(query)}" if query else "")
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
         conn = self._connection()
         try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
             conn.request(method, url, body=payload, headers=headers)
-            resp = conn.getresponse()
+            return conn, conn.getresponse()
+        except OSError as e:
+            conn.close()
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, e: OSError) -> Unreachable:
+        return Unreachable(f"cannot reach the dmsfs daemon at {self.address}: "
+                           f"{e.strerror or e}")
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None,
+             body: Any = None) -> Any:
+        """One request to `path` (quoted already, see _path); returns the decoded JSON,
+        raises the DmsfsError it reports."""
+        conn, resp = self._send(method, path, params, body)
+        try:
             raw = resp.read()
         except OSError as e:
-            raise Unreachable(f"cannot reach the dmsfs daemon at {self.address}: "
-                              f"{e.strerror or e}") from e
+            raise self._unreachable(e) from e
         finally:
             conn.close()
-        doc = json.loads(raw) if raw else None
-        if resp.status >= 400:
-            err = (doc or {}).get("error") if isinstance(doc, dict) else None
-            if err:
-                raise from_code(err.get("code", ""))(err.get("message"))
-            raise DmsfsError(f"HTTP {resp.status}: {raw[:200]!r}")
-        return doc
+        _raise_for(resp.status, raw)
+        return json.loads(raw) if raw else None
 
     # -- one method per API operation
+    def whoami(self) -> dict[str, int]:
+        """uid, gid and pid of this process as the daemon sees it."""
+        return self.call("GET", "/v1/whoami")
+
     def stats(self) -> dict[str, Any]:
         return self.call("GET", "/v1/stats")
 
@@ -141,3 +157,73 @@ class Client:
 
     def flush(self) -> dict[str, Any]:
         return self.call("POST", "/v1/flush")
+
+    def snapshot(self, dataset: str, message: str = "", tag: str | None = None
+                 ) -> dict[str, Any]:
+        """Snapshot a dataset's live tree; returns the new version's record."""
+        return self.call("POST", _path("datasets", dataset, "snapshots"),
+                         body={"message": message, "tag": tag})
+
+    def versions(self, dataset: str) -> list[dict[str, Any]]:
+        """Version records of a dataset, newest first."""
+        return self.call("GET", _path("datasets", dataset, "versions"))["versions"]
+
+    def tag(self, dataset: str, version: str, tag: str) -> dict[str, Any]:
+        """Point a tag at a version; returns that version's record."""
+        return self.call("PUT", _path("datasets", dataset, "tags", tag),
+                         body={"version": version})
+
+    def untag(self, dataset: str, tag: str) -> None:
+        self.call("DELETE", _path("datasets", dataset, "tags", tag))
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        """Changes from a to b, each "DATASET@VERSION" or "DATASET" (its live tree)."""
+        return self.call("GET", "/v1/diff", {"a": a, "b": b})
+
+    def export_stream(self, dataset: str, version: str) -> tuple[int, Iterator[bytes]]:
+        """(the version's total file bytes, its tar archive in pieces).
+
+        Errors before the stream starts raise here; a stream that breaks off
+        raises from the iterator.  Consume the iterator to the end or close it.
+        """
+        conn, resp = self._send("GET", _path("datasets", dataset, "versions", version, "export"))
+        if resp.status >= 400:
+            try:
+                raw = resp.read()
+            finally:
+                conn.close()
+            _raise_for(resp.status, raw)
+        return int(resp.getheader("X-Dmsfs-Bytes") or 0), self._stream(conn, resp)
+
+    def _stream(self, conn: http.client.HTTPConnection,
+                resp: http.client.HTTPResponse) -> Iterator[bytes]:
+        try:
+            while data := resp.read1(STREAM_PIECE):
+                yield data
+        except (OSError, http.client.HTTPException) as e:
+            raise DmsfsError(f"the stream from {self.address} broke off: {e!r}") from e
+        finally:
+            conn.close()
+
+    def restore(self, dataset: str, version: str, path: str | None = None) -> dict[str, Any]:
+        """Bring a dataset's live tree, or one path in it, back to a version."""
+        return self.call("POST", _path("datasets", dataset, "restore"),
+                         body={"version": version, "path": path})
+
+
+def _path(*segments: str) -> str:
+    """An API path under /v1 from segments, each quoted: no argument can change the route."""
+    return "/v1/" + "/".join(quote(s, safe="") for s in segments)
+
+
+def _raise_for(status: int, raw: bytes) -> None:
+    """Raise the error an error response reports."""
+    if status < 400:
+        return
+    try:
+        err = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict):
+        raise from_code(err.get("code", ""))(err.get("message"))
+    raise DmsfsError(f"HTTP {status}: {raw[:200]!r}")

@@ -277,7 +277,8 @@ def test_dmsctl_reindex_rebuilds_a_lost_chunk_index(daemon, ds) -> None:
     r = daemon.ctl("reindex", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result == {"packs": before["packs"], "chunks": before["chunks"], "damaged_packs": 0}
+    assert result == {"packs": before["packs"], "chunks": before["chunks"], "damaged_packs": 0,
+                      "new_versions": 0}
 
     assert_all_read_back(ds, files)
     rc, out, doc = fsck(daemon, "--read-data")
