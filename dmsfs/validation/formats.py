@@ -1,0 +1,259 @@
+"""Tabular files as blocks of Arrow record batches, and each row as the JSON record
+jsonschema judges.
+
+Formats: JSON (one record, or an array of records), JSONL/NDJSON (a record a
+line; blank lines are skipped), CSV (a header row; each value converted to the
+type its property declares, see csv_value), Parquet (rows of its batches;
+dates and times become ISO strings, decimals floats).  Files are read in
+blocks, so memory stays bounded for large files (JSON excepted: one document).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+BLOCK = 8 << 20
+PARQUET_BATCH = 65536
+INT_RE = r"^[+-]?[0-9]+$"
+FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+TRUE, FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")
+EXACT_DIGITS = 15          # longer numbers may round differently: left to jsonschema
+
+
+class NotARecord(ValueError):
+    """A row that is not a JSON value at all (a JSONL line that does not parse)."""
+
+
+@dataclass
+class Block:
+    """Rows of a file as a batch, plus how to get any row as a JSON record."""
+
+    batch: pa.RecordBatch
+    record: Callable[[int], tuple[int, Any]]   # row -> (record number, record)
+    suspects: pa.Array | None = None           # rows the conversion already doubts
+
+
+def blocks(f: IO[bytes], fmt: str, schema: Any) -> Iterator[Block]:
+    """The blocks of a file in format fmt ("json", "jsonl", "csv", "parquet")."""
+    if fmt == "csv":
+        return _csv_blocks(f, _property_types(schema))
+    if fmt == "jsonl":
+        return _jsonl_blocks(f, _property_types(schema))
+    if fmt == "parquet":
+        return _parquet_blocks(f)
+    return _json_blocks(f)
+
+
+def format_of(name: str) -> str | None:
+    lower = name.lower()
+    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                     (".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
+        if lower.endswith(ext):
+            return fmt
+    return None
+
+
+# ------------------------------------------------------------------ JSON
+def _json_blocks(f: IO[bytes]) -> Iterator[Block]:
+    doc = json.load(f)
+    records = doc if isinstance(doc, list) else [doc]
+    try:
+        batch = pa.RecordBatch.from_pylist(records) if all(
+            isinstance(r, dict) for r in records) else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        batch = None
+    if batch is None or batch.num_rows != len(records):  # left to jsonschema, row by row
+        batch = pa.RecordBatch.from_pydict({"_": pa.nulls(len(records))})
+        yield Block(batch, lambda i: (i + 1, records[i]), _const(len(records), True))
+        return
+    yield Block(batch, lambda i: (i + 1, records[i]))
+
+
+# ------------------------------------------------------------------ JSONL
+def _jsonl_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
+    # strings stay strings (Arrow would otherwise make timestamps of dates)
+    parse = pajson.ParseOptions(explicit_schema=pa.schema(
+        [(name, pa.string()) for name, t in types.items() if t and t <= {"string", "null"}]),
+        unexpected_field_behavior="infer")
+    line_no = 0
+    rest = b""
+    while True:
+        data = f.read(BLOCK)
+        buf = rest + data
+        if not data:
+            cut = len(buf)
+        else:
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0:
+                rest = buf
+                continue
+        chunk, rest = buf[:cut], buf[cut:]
+        if chunk:
+            yield from _jsonl_chunk(chunk, line_no, parse)
+            line_no += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        if not data:
+            return
+
+
+def _jsonl_chunk(chunk: bytes, first_line: int, parse: pajson.ParseOptions
+                 ) -> Iterator[Block]:
+    lines = chunk.split(b"\n")
+    if chunk.endswith(b"\n"):
+        lines.pop()
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    if not kept:
+        return
+    rows = [lines[i] for i in kept] if len(kept) != len(lines) else lines
+
+    def record(i: int) -> tuple[int, Any]:
+        number = first_line + kept[i] + 1
+        try:
+            return number, json.loads(rows[i])
+        except ValueError as e:
+            raise NotARecord(f"line {number} is not JSON: {e}") from None
+
+    try:
+        table = pajson.read_json(io.BytesIO(b"\n".join(rows)), parse_options=parse,
+                                 read_options=pajson.ReadOptions(block_size=len(chunk) + 1))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # mixed types in a column, a line that is not an object or not JSON:
+        # every row of this chunk goes to jsonschema
+        table = None
+    if table is None or table.num_rows != len(rows):
+        batch = pa.RecordBatch.from_pydict({"_": pa.nulls(len(rows))})
+        yield Block(batch, record, _const(len(rows), True))
+        return
+    yield Block(table.combine_chunks().to_batches()[0] if table.num_rows else
+                pa.RecordBatch.from_pylist([]), record)
+
+
+# ------------------------------------------------------------------ CSV
+def _property_types(schema: Any) -> dict[str, set[str]]:
+    props = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    out = {}
+    for name, sub in props.items() if isinstance(props, dict) else ():
+        t = sub.get("type") if isinstance(sub, dict) else None
+        out[name] = {t} if isinstance(t, str) else set(t) if isinstance(t, list) else set()
+    return out
+
+
+def csv_value(s: str, types: set[str]) -> Any:
+    """A CSV cell as the JSON value its property's declared types make of it."""
+    if s == "":
+        return None
+    if ("integer" in types or "number" in types) and re.fullmatch(INT_RE, s):
+        return int(s)
+    if "number" in types and re.fullmatch(FLOAT_RE, s):
+        return float(s)
+    if "boolean" in types and s in TRUE + FALSE:
+        return s in TRUE
+    return s
+
+
+def _csv_header(f: IO[bytes]) -> list[str]:
+    head = f.read(1 << 20)
+    f.seek(0)
+    row = next(csv.reader(io.StringIO(head.decode("utf-8", errors="replace"))), [])
+    return row
+
+
+def _csv_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
+    names = _csv_header(f)
+    if not names:
+        return
+    reader = pacsv.open_csv(
+        f, read_options=pacsv.ReadOptions(block_size=BLOCK),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, strings_can_be_null=False,
+            quoted_strings_can_be_null=False))
+    row = 0
+    for raw in reader:
+        columns, doubts = {}, _const(raw.num_rows, False)
+        for name in raw.schema.names:
+            col, doubt = _convert(raw.column(name), types.get(name, set()))
+            columns[name] = col
+            doubts = pc.or_(doubts, doubt)
+        batch = pa.RecordBatch.from_pydict(columns)
+
+        def record(i: int, raw: pa.RecordBatch = raw, first: int = row) -> tuple[int, Any]:
+            cells = raw.slice(i, 1).to_pylist()[0]
+            return first + i + 1, {k: csv_value(v, types.get(k, set()))
+                                   for k, v in cells.items()}
+
+        yield Block(batch, record, doubts)
+        row += raw.num_rows
+
+
+def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
+    """(typed column, rows the typed column may not represent exactly)."""
+    empty = pc.equal(col, "")
+    values = pc.if_else(empty, pa.scalar(None, pa.string()), col)
+    if "integer" in types or "number" in types:
+        is_int = pc.match_substring_regex(values, INT_RE)
+        long = pc.greater(pc.utf8_length(values), EXACT_DIGITS)
+        if "number" in types:
+            is_num = pc.or_(is_int, pc.match_substring_regex(values, FLOAT_RE))
+            typed = pc.cast(pc.if_else(is_num, values, pa.scalar(None, pa.string())),
+                            pa.float64())
+            doubt = pc.or_(pc.and_(is_num, long), pc.and_(pc.is_valid(values),
+                                                          pc.invert(is_num)))
+        else:
+            typed = pc.cast(pc.if_else(pc.and_(is_int, pc.invert(long)), values,
+                                       pa.scalar(None, pa.string())), pa.int64())
+            doubt = pc.or_(pc.and_(is_int, long), pc.and_(pc.is_valid(values),
+                                                          pc.invert(is_int)))
+        return typed, pc.fill_null(doubt, False)
+    if "boolean" in types:
+        is_true = pc.is_in(values, value_set=pa.array(TRUE))
+        is_bool = pc.or_(is_true, pc.is_in(values, value_set=pa.array(FALSE)))
+        typed = pc.if_else(is_bool, is_true, pa.scalar(None, pa.bool_()))
+        return typed, pc.fill_null(pc.and_(pc.is_valid(values), pc.invert(is_bool)), False)
+    return values, _const(len(col), False)
+
+
+# ------------------------------------------------------------------ Parquet
+def _parquet_blocks(f: IO[bytes]) -> Iterator[Block]:
+    row = 0
+    for raw in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH):
+        batch = _jsonable(raw)
+
+        def record(i: int, batch: pa.RecordBatch = batch, first: int = row) -> tuple[int, Any]:
+            return first + i + 1, batch.slice(i, 1).to_pylist()[0]
+
+        yield Block(batch, record)
+        row += raw.num_rows
+
+
+def _jsonable(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Columns as JSON sees them: temporal values as ISO strings, decimals as floats."""
+    cols = []
+    for col in batch.columns:
+        t = col.type
+        if pa.types.is_timestamp(t):
+            # RFC 3339: a zone-aware instant in UTC with Z, a naive one without zone
+            fmt = "%Y-%m-%dT%H:%M:%SZ" if t.tz else "%Y-%m-%dT%H:%M:%S"
+            col = pc.strftime(col, format=fmt, locale="C")
+        elif pa.types.is_temporal(t):
+            col = pc.cast(col, pa.string())
+        elif pa.types.is_decimal(t):
+            col = pc.cast(col, pa.float64())
+        elif pa.types.is_dictionary(t):
+            col = col.dictionary_decode()
+        cols.append(col)
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
+
+
+def _const(n: int, value: bool) -> pa.Array:
+    return pc.fill_null(pa.nulls(n, pa.bool_()), value)

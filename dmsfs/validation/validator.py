@@ -1,0 +1,91 @@
+"""Validate a tabular file against a JSON Schema for one record.
+
+Each block of the file is filtered by the compiled checks (checks.py); only the
+rows they suspect are judged by jsonschema (draft 2020-12, formats asserted),
+so the verdict is jsonschema's and its message is the one reported, while
+valid data never pays for a Python call per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pyarrow.compute as pc
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+
+from ..errors import InvalidArgument
+from .checks import Compiled
+from .formats import NotARecord, blocks
+
+
+@dataclass
+class Verdict:
+    """The outcome for one file."""
+
+    records: int = 0
+    failed: int = 0
+    first: int | None = None      # 1-based record number (JSONL: line) of the first failure
+    pointer: str = ""             # JSON pointer of the failing value in that record
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def check_schema(schema: Any) -> None:
+    """InvalidArgument with the validator's message unless schema is a valid
+    draft 2020-12 schema."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        raise InvalidArgument(f"invalid JSON Schema: {e.message}") from None
+
+
+class Validator:
+    """One schema, compiled once, for many files."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        self.judge = Draft202012Validator(schema,
+                                          format_checker=Draft202012Validator.FORMAT_CHECKER)
+        self.compiled = Compiled(schema)
+
+    def validate(self, f: IO[bytes], fmt: str) -> Verdict:
+        """The verdict on a whole file (blocking: run it in a worker thread)."""
+        verdict = Verdict()
+        try:
+            for block in blocks(f, fmt, self.schema):
+                verdict.records += block.batch.num_rows
+                marks = self.compiled.suspects(block.batch)
+                if block.suspects is not None:
+                    marks = pc.or_(marks, block.suspects)
+                for i in pc.indices_nonzero(marks).to_pylist():
+                    self._judge(block.record, i, verdict)
+        except (ValueError, UnicodeDecodeError) as e:  # not JSON, CSV or Parquet at all
+            if verdict.first is None:
+                verdict.first, verdict.message = verdict.records + 1, f"unreadable: {e}"
+            verdict.failed += 1
+        return verdict
+
+    def _judge(self, record_of: Any, row: int, verdict: Verdict) -> None:
+        try:
+            number, record = record_of(row)
+        except NotARecord as e:
+            error_pointer, message, number = "", str(e), None
+        else:
+            error = best_match(self.judge.iter_errors(record))
+            if error is None:
+                return
+            error_pointer, message = pointer(error.absolute_path), error.message
+        verdict.failed += 1
+        if verdict.first is None:
+            verdict.first = number if number is not None else verdict.records
+            verdict.pointer, verdict.message = error_pointer, message
+
+
+def pointer(path: Any) -> str:
+    """A JSON pointer (RFC 6901) for a jsonschema error path."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
