@@ -92,6 +92,7 @@ async def run(opts: DaemonOptions) -> None:
             if opts.reindex:
                 await repo.reindex()
             else:
+                await repo.schemas.sync_from_store()
                 await repo.versions.sync_from_store()
             await vfs.ensure_datasets()
             if opts.demo:

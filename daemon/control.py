@@ -172,6 +172,19 @@ class RestoreRequest(BaseModel):
                              "dataset root (default: the whole dataset)")
 
 
+class SchemaRequest(BaseModel):
+    schema_: Any = Field(alias="schema", description="a JSON Schema (draft 2020-12) for one "
+                         "record")
+    globs: list[str] | None = Field(default=None, description="file name patterns it applies "
+                                    "to (default *.jsonl, *.ndjson, *.csv, *.parquet, *.json)")
+
+
+class DatasetRequest(BaseModel):
+    name: str = Field(description="the dataset's name: [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+    schema_: Any = Field(default=None, alias="schema", description="a JSON Schema to set at once")
+    globs: list[str] | None = Field(default=None, description="as for the schema")
+
+
 def version_ref(text: str) -> tuple[str, str | None]:
     """"ds@ver" -> (ds, ver); "ds" -> (ds, None), the live tree."""
     dataset, at, spec = text.partition("@")
@@ -190,6 +203,7 @@ def build_app(repo: Repo, vfs: Vfs) -> FastAPI:
     _install_error_handlers(app)
     _store_routes(app, repo)
     _version_routes(app, repo, vfs)
+    _schema_routes(app, repo, vfs)
     _document_usage_errors(app)
     return app
 
@@ -288,6 +302,47 @@ def _version_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
               "counts of what changed.")
     async def restore(ds: str, body: RestoreRequest, request: Request) -> dict[str, Any]:
         return await vfs.restore(ds, body.version, body.path, uid=caller(request).uid)
+
+
+def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
+    schemas = repo.schemas
+
+    @app.post("/v1/datasets", status_code=201, summary="Create a dataset, with a schema",
+              description="The same as mkdir at the mount's top level, plus the schema.")
+    async def create_dataset(body: DatasetRequest, request: Request) -> dict[str, Any]:
+        who = caller(request)
+        await vfs.create_dataset(body.name, who.uid, who.gid)
+        if body.schema_ is None:
+            return {"dataset": body.name, "schema": None}
+        version = await schemas.set(body.name, body.schema_, body.globs, uid=who.uid)
+        return {"dataset": body.name, "schema": version.to_json()}
+
+    @app.put("/v1/datasets/{ds}/schema", status_code=201,
+             summary="Register a new version of a dataset's schema",
+             description="Refused with the validator's message if the schema is invalid.  "
+             "Files matching the globs are validated at every close from now on.")
+    async def set_schema(ds: str, body: SchemaRequest, request: Request) -> dict[str, Any]:
+        vfs.dataset_ino(ds)
+        return (await schemas.set(ds, body.schema_, body.globs,
+                                  uid=caller(request).uid)).to_json()
+
+    @app.get("/v1/datasets/{ds}/schema", summary="A version of a dataset's schema",
+             description="The current one unless `version` is given.")
+    async def show_schema(ds: str, version: int | None = None) -> dict[str, Any]:
+        return schemas.get(ds, version).to_json()
+
+    @app.get("/v1/datasets/{ds}/schemas", summary="Every version of a dataset's schema",
+             description="Oldest first.")
+    async def schema_history(ds: str) -> dict[str, Any]:
+        return {"schemas": [s.to_json() for s in schemas.history(ds)]}
+
+    @app.get("/v1/datasets/{ds}/rejects", summary="Recent writes refused by the schema",
+             description="Newest first: path, time, uid, user, schema version, the first "
+             "failing record (1-based; line for JSONL, data row for CSV), the JSON pointer "
+             "of the failing value, the validator's message, how many records failed.")
+    async def rejects(ds: str) -> dict[str, Any]:
+        vfs.dataset_ino(ds)
+        return {"rejects": schemas.rejects(ds)}
 
 
 # ------------------------------------------------------------------ serving

@@ -198,8 +198,8 @@ class Operations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new,
-                        noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+        await self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                              noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), uid=ctx.uid)
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -210,7 +210,8 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
                    ) -> pyfuse3.FileInfo:
         write = flags & os.O_ACCMODE != os.O_RDONLY
-        fh = await self.vfs.open(inode, write=write, truncate=bool(flags & os.O_TRUNC))
+        fh = await self.vfs.open(inode, write=write, truncate=bool(flags & os.O_TRUNC),
+                                 uid=ctx.uid)
         # The page cache stays valid across opens: only this mount changes files.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 

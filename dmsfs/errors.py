@@ -69,6 +69,12 @@ class InvalidName(InvalidArgument):
     code = "invalid_name"
 
 
+class SchemaRejected(InvalidArgument):
+    """The data does not match the dataset's schema."""
+
+    code = "schema_rejected"
+
+
 class NameTooLong(DmsfsError):
     """File name longer than 255 bytes."""
 

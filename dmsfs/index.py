@@ -14,6 +14,8 @@ all integers are big-endian in keys (so they sort) and little-endian in values:
     dirtrees  dir ino u64                     -> tree id 32 | files u64 | bytes u64
     versions  dataset | 0 | number u32        -> version record (JSON, as in the store)
     tags      dataset | 0 | tag               -> version number u32
+    schemas   dataset | 0 | number u32        -> schema version (JSON, as in the store)
+    rejects   dataset | 0 | time ns u64       -> a rejected write (JSON)
 
     INODE    = mode u32 | uid u32 | gid u32 | size u64 | atime, mtime, ctime i64 ns
                | parent u64 | symlink target (rest)
@@ -56,7 +58,7 @@ PACK_INFO = struct.Struct("<QI")
 HOLE = bytes(ID_SIZE)
 ROOT_INO = 1
 TABLES = ("meta", "inodes", "dirents", "content", "xattrs", "chunks", "packs", "orphans",
-          "dirtrees", "versions", "tags")
+          "dirtrees", "versions", "tags", "schemas", "rejects")
 DIRTREE = struct.Struct("<32sQQ")
 VERSION_NUMBER = struct.Struct(">I")
 COUNTERS = ("live_bytes", "stored_bytes", "packs", "chunks", "chunk_bytes")
@@ -288,14 +290,7 @@ class Txn:
 
     def iter_versions(self, dataset: str | None = None) -> Iterator[bytes]:
         """Version records of one dataset (or all), oldest first per dataset."""
-        prefix = _dataset_key(dataset, b"") if dataset is not None else b""
-        cur = self.txn.cursor(db=self.db["versions"])
-        if not cur.set_range(prefix):
-            return
-        for key, raw in cur:
-            if not key.startswith(prefix):
-                return
-            yield bytes(raw)
+        return self._records("versions", dataset)
 
     def get_tag(self, dataset: str, tag: str) -> int | None:
         raw = self.txn.get(_dataset_key(dataset, tag.encode()), db=self.db["tags"])
@@ -321,6 +316,31 @@ class Txn:
             if not key.startswith(prefix):
                 return
             yield bytes(key[len(prefix):]).decode(), VERSION_NUMBER.unpack(raw)[0]
+
+    # -- schema versions and rejected writes
+    def put_schema(self, dataset: str, number: int, record: bytes) -> None:
+        self.txn.put(_dataset_key(dataset, VERSION_NUMBER.pack(number)), record,
+                     db=self.db["schemas"])
+
+    def iter_schemas(self, dataset: str | None = None) -> Iterator[bytes]:
+        """Schema versions of one dataset (or all), oldest first per dataset."""
+        return self._records("schemas", dataset)
+
+    def add_reject(self, dataset: str, time_ns: int, record: bytes) -> None:
+        self.txn.put(_dataset_key(dataset, U64.pack(time_ns)), record, db=self.db["rejects"])
+
+    def iter_rejects(self, dataset: str) -> Iterator[bytes]:
+        return self._records("rejects", dataset)
+
+    def _records(self, table: str, dataset: str | None) -> Iterator[bytes]:
+        prefix = _dataset_key(dataset, b"") if dataset is not None else b""
+        cur = self.txn.cursor(db=self.db[table])
+        if not cur.set_range(prefix):
+            return
+        for key, raw in cur:
+            if not key.startswith(prefix):
+                return
+            yield bytes(raw)
 
     # -- chunks and packs
     def get_location(self, cid: bytes) -> Location | None:

@@ -25,6 +25,7 @@ from .errors import Corrupt, DmsfsError
 from .index import HOLE, ROOT_INO, Index, Location
 from .store import open_store
 from .store.base import ObjectStore
+from .schemas import Schemas
 from .versions import VersionRecord, Versions
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class Repo:
         self.index = Index(state_dir / "index.lmdb")
         self.chunks = ChunkStore(store, self.index, config, state_dir, cache_bytes)
         self.chunker = Chunker(config.chunker)
-        self.versions = Versions(self.index, self.chunks, store, read_only=read_only)
+        self.schemas = Schemas(self.index, store, read_only=read_only)
+        self.versions = Versions(self.index, self.chunks, store, self.schemas,
+                                 read_only=read_only)
 
     @classmethod
     def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
@@ -156,6 +159,7 @@ class Repo:
                     t.put_location(cid, loc)
             chunks, packs = t.counter("chunks"), t.counter("packs")
         self.chunks.cache.clear()
+        await self.schemas.sync_from_store()
         versions = await self.versions.sync_from_store()
         log.info("reindex: %d packs, %d chunks, %d damaged packs, %d new versions", packs,
                  chunks, damaged, versions)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pwd
 import re
 import threading
 import time
@@ -32,6 +31,8 @@ from .diff import diff_trees
 from .errors import InvalidArgument, InvalidName, NotFound, ReadOnly
 from .index import ROOT_INO, Index
 from .manifest import TreeBuilder, TreeLoader
+from .schemas import SchemaVersion, Schemas
+from .stamps import iso_time, user_name
 from .store.base import ObjectStore
 from .tree import Tree, TreeEntry
 
@@ -60,13 +61,6 @@ _uuid_lock = threading.Lock()
 _last_ms = 0
 
 
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def version_key(vid: str) -> str:
     return f"versions/{vid}"
 
@@ -90,6 +84,7 @@ class VersionRecord:
     files: int
     bytes: int
     root: dict[str, int]              # the dataset directory's mode, uid, gid, mtime_ns
+    schema: int | None = None         # the schema version the live tree was validated by
     tags: list[str] = field(default_factory=list)
 
     def encode(self) -> bytes:
@@ -99,24 +94,21 @@ class VersionRecord:
             "number": self.number, "time_ns": self.time_ns, "uid": self.uid,
             "user": self.user, "message": self.message, "tree": self.tree.hex(),
             "files": self.files, "bytes": self.bytes, "root": self.root,
+            "schema": self.schema,
         }, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> VersionRecord:
         d = json.loads(raw)
         return cls(d["id"], d["dataset"], d["number"], d["time_ns"], d["uid"], d["user"],
-                   d["message"], bytes.fromhex(d["tree"]), d["files"], d["bytes"], d["root"])
-
-    @property
-    def time_iso(self) -> str:
-        sec, ns = divmod(self.time_ns, 1_000_000_000)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ns // 1000:06d}Z"
+                   d["message"], bytes.fromhex(d["tree"]), d["files"], d["bytes"], d["root"],
+                   d.get("schema"))
 
     def to_json(self) -> dict[str, object]:
         return {"number": self.number, "id": self.id, "dataset": self.dataset,
-                "time": self.time_iso, "uid": self.uid, "user": self.user,
+                "time": iso_time(self.time_ns), "uid": self.uid, "user": self.user,
                 "message": self.message, "tags": self.tags, "files": self.files,
-                "bytes": self.bytes}
+                "bytes": self.bytes, "schema": self.schema}
 
     def root_entry(self) -> TreeEntry:
         """The snapshot's top directory as a tree entry."""
@@ -129,9 +121,10 @@ class VersionRecord:
 class Versions:
     """Snapshots, tags and version names of every dataset in one repository."""
 
-    def __init__(self, index: Index, chunks: ChunkStore, store: ObjectStore, *,
-                 read_only: bool = False) -> None:
+    def __init__(self, index: Index, chunks: ChunkStore, store: ObjectStore, schemas: Schemas,
+                 *, read_only: bool = False) -> None:
         self.read_only = read_only
+        self.schemas = schemas
         self.index = index
         self.chunks = chunks
         self.store = store
@@ -241,7 +234,7 @@ class Versions:
                 uuid7(), dataset, last + 1, time.time_ns(), uid, user_name(uid), message,
                 built.tree, built.files, built.bytes,
                 {"mode": root.mode, "uid": root.uid, "gid": root.gid,
-                 "mtime_ns": root.mtime_ns})
+                 "mtime_ns": root.mtime_ns}, schema_number(self.schemas.current(dataset)))
             await self.chunks.flush()  # everything it references is stored first
             await self._put(version_key(record.id), record.encode())
             with self.index.write() as t:
@@ -318,6 +311,10 @@ class Versions:
         if new:
             log.info("indexed %d versions from the store", len(new))
         return len(new)
+
+
+def schema_number(version: SchemaVersion | None) -> int | None:
+    return version.number if version is not None else None
 
 
 def check_tag(tag: str) -> None:

@@ -19,6 +19,8 @@ import logging
 import re
 import stat
 import time
+
+import trio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,9 +40,13 @@ from .errors import (
     NotPermitted,
     NotSupported,
     ReadOnly,
+    SchemaRejected,
 )
 from .index import HOLE, ROOT_INO, Inode, Txn
+from .chunkio import open_content
 from .repo import Repo
+from .schemas import SchemaVersion
+from .validation.validator import Verdict
 from .restore import Restorer
 from .snapfs import VERSION_COOKIE_BASE, Snapshots, is_snapshot
 from .writer import FileWriter, RingPool
@@ -58,7 +64,18 @@ class Handle:
     """One open file."""
 
     ino: int
+    uid: int = 0
     next_offset: int = 0
+
+
+@dataclass
+class Rule:
+    """The schema that applies to one file."""
+
+    dataset: str
+    path: str
+    version: SchemaVersion
+    fmt: str
 
 
 @dataclass
@@ -68,6 +85,7 @@ class OpenInode:
     content: ChunkList
     handles: int = 0
     writer: FileWriter | None = None
+    fresh: bool = False          # created by this open and not yet committed
     # Attribute changes (mode, uid, gid, atime_ns, mtime_ns, ctime_ns) made while
     # the file has uncommitted data: they commit with it, in one transaction.
     # Writes set mtime; the kernel sends its own ctime (writeback caching).
@@ -132,6 +150,9 @@ class Vfs:
         # contract: an unlinked inode lives on until its lookup count is zero).
         self._lookups: dict[int, int] = {}
         self._orphans: set[int] = set()
+        # (parent, name) of live inodes the kernel knows: the path a schema's globs
+        # are matched against at close (a directory holds no name of its own)
+        self._names: dict[int, tuple[int, bytes]] = {}
         # read-only attributes the daemon publishes on the mount root (its API socket)
         self.root_xattrs: dict[bytes, bytes] = {}
         self._spool_dir = repo.state_dir / "spool"
@@ -225,6 +246,7 @@ class Vfs:
             self._lookups[ino] = left
             return
         self._lookups.pop(ino, None)
+        self._names.pop(ino, None)
         self._reap(ino)
 
     # ------------------------------------------------------------ attributes
@@ -268,6 +290,7 @@ class Vfs:
                     raise NotFound()
         if ino is None:
             return self.snaps.lookup_version(parent, dataset, name)
+        self._names[ino] = (parent, name)
         return self.getattr(ino)
 
     async def readdir(self, ino: int, after: int) -> Iterator[tuple[int, bytes, Inode]]:
@@ -284,6 +307,7 @@ class Vfs:
                 for cookie, name, child in t.iter_entries(ino, after):
                     inode = t.get_inode(child)
                     if inode is not None:
+                        self._names[child] = (ino, name)
                         yield cookie, name, inode
         if dataset is not None:
             for cookie, name in self.snaps.version_names(dataset):
@@ -342,6 +366,7 @@ class Vfs:
                       target)
         t.put_inode(inode)
         t.add_entry(parent, name, inode.ino)
+        self._names[inode.ino] = (parent, name)
         self._touch_dir(t, p, now)
         return inode
 
@@ -409,10 +434,12 @@ class Vfs:
             self._touch_dir(t, p, _now())
             t.delete_inode(inode.ino)
 
-    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
-               noreplace: bool = False) -> None:
-        """Move a name, replacing what the target name held, in one transaction."""
+    async def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes,
+                     noreplace: bool = False, uid: int = 0) -> None:
+        """Move a name, replacing what the target name held, in one transaction.  A
+        file that gets a name its dataset's schema applies to is validated first."""
         self._writable(old_parent, new_parent)
+        await self._validate_rename(old_parent, old, new_parent, new, uid)
         with self.index.write() as t:
             op, inode = self._child(t, old_parent, old)
             self._check_no_versions(t, old_parent, old)
@@ -445,6 +472,7 @@ class Vfs:
             now = _now()
             t.remove_entry(old_parent, old)
             t.add_entry(new_parent, new, ino)
+            self._names[ino] = (new_parent, new)
             inode.parent = new_parent
             inode.ctime_ns = now
             t.put_inode(inode)
@@ -531,13 +559,13 @@ class Vfs:
                                       self.repo.chunker, self._rings)
         return state.writer
 
-    def _new_handle(self, ino: int) -> int:
+    def _new_handle(self, ino: int, uid: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = Handle(ino)
+        self._handles[fh] = Handle(ino, uid)
         return fh
 
-    async def open(self, ino: int, write: bool, truncate: bool) -> int:
+    async def open(self, ino: int, write: bool, truncate: bool, uid: int = 0) -> int:
         """Open a regular file; returns a handle."""
         inode = self.getattr(ino)
         if stat.S_ISDIR(inode.mode):
@@ -550,15 +578,15 @@ class Vfs:
             async with writer.lock:
                 await writer.truncate(0)
             state.attrs["mtime_ns"] = _now()
-        return self._new_handle(ino)
+        return self._new_handle(ino, uid)
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int
                ) -> tuple[int, Inode]:
         self._writable(parent)
         with self.index.write() as t:
             inode = self._new_inode(t, parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
-        self._state(inode.ino)
-        return self._new_handle(inode.ino), inode
+        self._state(inode.ino).fresh = True
+        return self._new_handle(inode.ino, uid), inode
 
     async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
         h = self._handles[fh]
@@ -600,7 +628,7 @@ class Vfs:
             self.repo.chunks.start_task(writer.background_cut)
         return len(data)
 
-    async def _commit(self, ino: int, state: OpenInode) -> None:
+    async def _commit(self, ino: int, state: OpenInode, uid: int = 0) -> None:
         writer = state.writer
         if writer is None or not writer.changed:
             return
@@ -608,6 +636,11 @@ class Vfs:
             if not writer.changed:
                 return
             result = await writer.commit()
+            rule = self._schema_rule(ino)
+            if rule is not None:
+                verdict = await self._validate(result.content, rule)
+                if not verdict.ok:
+                    await self._refuse(ino, state, rule, verdict, uid)
             with self.index.write() as t:
                 inode = self._get(t, ino)
                 for cid, loc in result.new_locations.items():
@@ -624,11 +657,12 @@ class Vfs:
             writer.committed(result.content)
             state.content = result.content
             state.attrs.clear()
+            state.fresh = False
 
     async def flush(self, fh: int) -> None:
         """Commit what was written through any handle of this file (close())."""
-        ino = self._handles[fh].ino
-        await self._commit(ino, self._open[ino])
+        h = self._handles[fh]
+        await self._commit(h.ino, self._open[h.ino], h.uid)
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
@@ -638,9 +672,114 @@ class Vfs:
         h = self._handles.pop(fh)
         state = self._open[h.ino]
         try:
-            await self._commit(h.ino, state)
+            await self._commit(h.ino, state, h.uid)
         finally:
             self._release_state(h.ino, state)
+
+    # ------------------------------------------------------------ datasets and schemas
+    def dataset_ino(self, dataset: str) -> int:
+        with self.index.read() as t:
+            ino = t.lookup(ROOT_INO, dataset.encode())
+        if ino is None:
+            raise NotFound(f"no dataset {dataset!r}")
+        return ino
+
+    async def create_dataset(self, dataset: str, uid: int, gid: int) -> None:
+        """mkdir at the top level, from the control API."""
+        self.mkdir(ROOT_INO, dataset.encode(), 0o755, uid, gid)
+        await self.kernel.forget_entry(ROOT_INO, dataset.encode())  # a cached miss
+
+
+    def _path_in_dataset(self, ino: int) -> tuple[str, str] | None:
+        """(dataset, path inside it) of a live inode, from the names the kernel knows."""
+        parts: list[bytes] = []
+        while ino in self._names:
+            parent, name = self._names[ino]
+            if parent == ROOT_INO:
+                path = b"/".join(reversed(parts)).decode(errors="surrogateescape")
+                return name.decode(), path
+            parts.append(name)
+            ino = parent
+        return None
+
+    def _schema_rule(self, ino: int, where: tuple[str, str] | None = None) -> Rule | None:
+        """The schema that applies to the file at ino (or at `where`), if any."""
+        where = where or self._path_in_dataset(ino)
+        if where is None:
+            return None
+        dataset, path = where
+        version = self.repo.schemas.current(dataset)
+        fmt = version.applies_to(path) if version is not None and path else None
+        return Rule(dataset, path, version, fmt) if version is not None and fmt else None
+
+    async def _validate(self, content: ChunkList, rule: Rule) -> Verdict:
+        def run() -> Verdict:
+            with open_content(content, self.repo.chunks) as f:
+                return rule.version.validator.validate(f, rule.fmt)
+        return await trio.to_thread.run_sync(run, limiter=self.repo.chunks.cpu)
+
+    async def _refuse(self, ino: int, state: OpenInode, rule: Rule, verdict: Verdict,
+                      uid: int) -> None:
+        """Drop a file's uncommitted changes, leave its name with its previous
+        committed content (a new inode: the kernel trusts the size it cached for the
+        old one) or without it if it was new, record why, raise EINVAL."""
+        assert state.writer is not None
+        state.writer.committed(state.content)
+        state.attrs.clear()
+        parent, name = self._names[ino]
+        with self.index.write() as t:
+            inode = self._get(t, ino)
+            if t.lookup(parent, name) == ino:
+                t.remove_entry(parent, name)
+                if not state.fresh:
+                    self._copy_inode(t, inode, parent, name)
+                self._drop(t, inode)
+        self._names.pop(ino, None)
+        self.repo.schemas.reject(rule.dataset, rule.path, uid, rule.version, verdict)
+        await self.kernel.forget_entry(parent, name)
+        log.info("refused %s/%s: record %s %s: %s", rule.dataset, rule.path, verdict.first,
+                 verdict.pointer, verdict.message)
+        raise SchemaRejected(f"{rule.dataset}/{rule.path} does not match schema version "
+                             f"{rule.version.number}: record {verdict.first}: "
+                             f"{verdict.message}")
+
+    def _copy_inode(self, t: Txn, inode: Inode, parent: int, name: bytes) -> None:
+        """Give name a new inode with inode's committed attributes, content, xattrs."""
+        copy = Inode(t.allocate_ino(), inode.mode, inode.uid, inode.gid, inode.size,
+                     inode.atime_ns, inode.mtime_ns, inode.ctime_ns, parent, inode.target)
+        t.put_inode(copy)
+        t.put_content(copy.ino, t.get_content(inode.ino))
+        for xname, value in t.xattr_items(inode.ino):
+            t.put_xattr(copy.ino, xname, value)
+        t.add_entry(parent, name, copy.ino)
+        t.add_counter("live_bytes", copy.size)
+
+    async def _validate_rename(self, old_parent: int, old: bytes, new_parent: int,
+                               new: bytes, uid: int) -> None:
+        """Validate a file that a rename gives a name the schema applies to (and
+        that its old name did not)."""
+        with self.index.read() as t:
+            ino = t.lookup(old_parent, old)
+            inode = t.get_inode(ino) if ino is not None else None
+            if inode is None or not stat.S_ISREG(inode.mode):
+                return
+            content = ChunkList(t.get_content(ino))
+        self._names.setdefault(ino, (old_parent, old))
+        before = self._path_in_dataset(ino)
+        parent_where = self._path_in_dataset(new_parent) if new_parent in self._names else None
+        if parent_where is None:
+            return
+        dataset, dir_path = parent_where
+        new_path = f"{dir_path}/{new.decode(errors='surrogateescape')}".lstrip("/")
+        rule = self._schema_rule(ino, (dataset, new_path))
+        if rule is None or (before is not None and self._schema_rule(ino, before)):
+            return
+        verdict = await self._validate(content, rule)
+        if not verdict.ok:
+            self.repo.schemas.reject(dataset, new_path, uid, rule.version, verdict)
+            raise SchemaRejected(f"{dataset}/{new_path} does not match schema version "
+                                 f"{rule.version.number}: record {verdict.first}: "
+                                 f"{verdict.message}")
 
     # ------------------------------------------------------------ versions
     async def _versions_changed(self, dataset: str, names: list[bytes]) -> None:

@@ -96,6 +96,7 @@ class BrokenVersions:
 class BrokenRepo:
     versions = BrokenVersions()
     chunks = None
+    schemas = None
 
     def stats(self) -> dict[str, Any]:
         raise RuntimeError("boom")
