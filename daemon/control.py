@@ -282,8 +282,16 @@ def _version_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
              "versions", description="Paths are relative to the dataset root, sorted.")
     async def diff(a: str = Query(description="DATASET@VERSION, or DATASET for its live tree"),
                    b: str = Query(description="DATASET@VERSION, or DATASET for its live tree"),
+                   schema: bool = Query(False, description="also the change of the schemas "
+                                        "the two sides were validated against"),
+                   rows: bool = Query(False, description="also added, removed and changed "
+                                      "rows of the tabular files (CSV, JSONL, JSON, Parquet)"),
+                   key: str | None = Query(None, description="COL[,COL]: match rows by these "
+                                           "columns (default: whole-row content)"),
+                   limit: int = Query(20, ge=0, description="rows listed per file and kind"),
                    ) -> dict[str, Any]:
-        return await versions.diff(version_ref(a), version_ref(b))
+        return await versions.diff(version_ref(a), version_ref(b), schema=schema, rows=rows,
+                                   key=key.split(",") if key else None, limit=limit)
 
     @app.get("/v1/datasets/{ds}/versions/{spec}/export", response_class=StreamingResponse,
              summary="A version as a tar stream (pax format)",

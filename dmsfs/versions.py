@@ -31,6 +31,8 @@ from .diff import diff_trees
 from .errors import InvalidArgument, InvalidName, NotFound, ReadOnly
 from .index import ROOT_INO, Index
 from .manifest import TreeBuilder, TreeLoader
+from .rowdiff import diff_rows
+from .schemadiff import schema_diff
 from .schemas import SchemaVersion, Schemas
 from .stamps import iso_time, user_name
 from .store.base import ObjectStore
@@ -181,10 +183,12 @@ class Versions:
                                               limiter=self.chunks.cpu)
         return built.tree, built.raw
 
-    async def diff(self, a: tuple[str, str | None], b: tuple[str, str | None]
-                   ) -> dict[str, object]:
+    async def diff(self, a: tuple[str, str | None], b: tuple[str, str | None], *,
+                   schema: bool = False, rows: bool = False, key: list[str] | None = None,
+                   limit: int = 20) -> dict[str, object]:
         """Files added, removed, modified and renamed from a to b ((dataset, version
-        spec), a spec of None meaning the live tree)."""
+        spec), a spec of None meaning the live tree); with schema, the change of
+        their schemas; with rows, the rows that changed in their tabular files."""
         sides = []
         extra: dict[bytes, bytes] = {}
         for dataset, spec in (a, b):
@@ -198,8 +202,25 @@ class Versions:
         async def load(tid: bytes) -> Tree:
             return await self.trees.load(tid, extra)
 
-        result = await diff_trees(sides[0][1], sides[1][1], load)
-        return {"a": sides[0][0], "b": sides[1][0], **result}
+        result: dict[str, object] = {"a": sides[0][0], "b": sides[1][0],
+                                     **await diff_trees(sides[0][1], sides[1][1], load)}
+        if schema:
+            result["schema"] = self._schema_diff(a, b)
+        if rows:
+            result["rows"] = {"key": key, "files": await diff_rows(
+                result, sides[0][1], sides[1][1], load, self.chunks, key, limit)}
+        return result
+
+    def _schema_of(self, dataset: str, spec: str | None) -> SchemaVersion | None:
+        number = (self.resolve(dataset, spec).schema if spec is not None else
+                  schema_number(self.schemas.current(dataset)))
+        return self.schemas.get(dataset, number) if number is not None else None
+
+    def _schema_diff(self, a: tuple[str, str | None], b: tuple[str, str | None]
+                     ) -> dict[str, object]:
+        sa, sb = self._schema_of(*a), self._schema_of(*b)
+        return {"a_version": schema_number(sa), "b_version": schema_number(sb),
+                **schema_diff(sa.schema if sa else {}, sb.schema if sb else {})}
 
     # ------------------------------------------------------------ changing
     def _writable(self) -> None:

@@ -1,0 +1,237 @@
+"""Row-level diff of two versions of a tabular file (CSV, JSONL, JSON, Parquet).
+
+With key columns, rows are matched by key (an Arrow hash join): a key only in
+the new file is an added row, only in the old one a removed row, in both with
+other values a changed row (with the columns that differ).  Without a key,
+rows are compared as a multiset: each distinct row is counted on both sides
+(an Arrow hash aggregation) and the surplus on either side is added or
+removed.  Counts are exact; the rows listed are cut at `limit`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import IO, Any
+
+import trio
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from .chunkio import open_content
+from .chunkstore import ChunkStore
+from .content import ChunkList
+from .diff import Loader
+from .errors import InvalidArgument
+from .tree import TreeEntry
+from .validation.formats import format_of
+
+SEP = "\x1f"        # between a row's values in its fingerprint
+NULL = "\x00"
+
+
+def read_table(f: IO[bytes], fmt: str) -> pa.Table:
+    """A whole tabular file as an Arrow table (types inferred)."""
+    if fmt == "csv":
+        return pacsv.read_csv(f)
+    if fmt == "jsonl":
+        data = b"\n".join(line for line in f.read().split(b"\n") if line.strip())
+        return pajson.read_json(io.BytesIO(data)) if data else pa.table({})
+    if fmt == "parquet":
+        return pq.read_table(f)
+    doc = json.load(f)
+    return pa.Table.from_pylist(doc if isinstance(doc, list) else [doc])
+
+
+@dataclass
+class RowDiff:
+    added: int
+    removed: int
+    changed: int
+    added_rows: list[dict[str, Any]]
+    removed_rows: list[dict[str, Any]]
+    changed_rows: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed,
+                "added_rows": self.added_rows, "removed_rows": self.removed_rows,
+                "changed_rows": self.changed_rows}
+
+
+def one_side(table: pa.Table, added: bool, limit: int) -> RowDiff:
+    """A file present on one side only: all its rows added (or removed)."""
+    rows = table.slice(0, limit).to_pylist()
+    n = table.num_rows
+    return RowDiff(n if added else 0, 0 if added else n, 0, rows if added else [],
+                   [] if added else rows, [])
+
+
+def row_diff(old: pa.Table, new: pa.Table, key: list[str] | None, limit: int) -> RowDiff:
+    old, new = _common_columns(old, new)
+    if key:
+        missing = [k for k in key if k not in old.column_names or k not in new.column_names]
+        if missing:
+            raise InvalidArgument(f"key column {missing[0]!r} is not in both files")
+        return _keyed(old, new, key, limit)
+    return _multiset(old, new, limit)
+
+
+def _common_columns(old: pa.Table, new: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Both tables with the union of their columns (missing ones null), and a column
+    whose type differs between them as strings on both sides."""
+    names = list(dict.fromkeys(old.column_names + new.column_names))
+    cols_a, cols_b = [], []
+    for name in names:
+        a = old.column(name) if name in old.column_names else None
+        b = new.column(name) if name in new.column_names else None
+        a = a if a is not None else pa.nulls(old.num_rows, b.type if b is not None else None)
+        b = b if b is not None else pa.nulls(new.num_rows, a.type)
+        if a.type != b.type:
+            a, b = _as_text(a), _as_text(b)
+        cols_a.append(a)
+        cols_b.append(b)
+    return pa.table(cols_a, names=names), pa.table(cols_b, names=names)
+
+
+def _as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_null(col.type):
+        return col.cast(pa.string())
+    if pa.types.is_nested(col.type):
+        return pa.array([json.dumps(v) if v is not None else None for v in col.to_pylist()],
+                        pa.string())
+    return pc.cast(col, pa.string())
+
+
+def _fingerprint(table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """One string per row standing for all its values (null distinct from "")."""
+    parts = [pc.fill_null(_as_text(table.column(n)), NULL) for n in table.column_names]
+    if not parts:
+        return pa.array([""] * table.num_rows, pa.string())
+    return pc.binary_join_element_wise(*parts, SEP)
+
+
+def _multiset(old: pa.Table, new: pa.Table, limit: int) -> RowDiff:
+    counts = []
+    for side, table in (("a", old), ("b", new)):
+        fp = pa.table({"fp": _fingerprint(table), "row": pa.array(range(table.num_rows))})
+        counts.append(fp.group_by("fp").aggregate([("row", "count"), ("row", "min")])
+                      .rename_columns(["fp", f"n_{side}", f"row_{side}"]))
+    joined = counts[0].join(counts[1], "fp", join_type="full outer")
+    na = pc.fill_null(joined["n_a"], 0)
+    nb = pc.fill_null(joined["n_b"], 0)
+    more = pc.subtract(nb, na)
+    added_mask, removed_mask = pc.greater(more, 0), pc.less(more, 0)
+    added = pc.sum(pc.filter(more, added_mask)).as_py() or 0
+    removed = -(pc.sum(pc.filter(more, removed_mask)).as_py() or 0)
+    added_rows = new.take(_first(pc.filter(joined["row_b"], added_mask), limit)).to_pylist()
+    removed_rows = old.take(_first(pc.filter(joined["row_a"], removed_mask), limit)).to_pylist()
+    return RowDiff(added, removed, 0, added_rows, removed_rows, [])
+
+
+def _keyed(old: pa.Table, new: pa.Table, key: list[str], limit: int) -> RowDiff:
+    a = old.append_column("__row_a", pa.array(range(old.num_rows), pa.int64()))
+    b = new.append_column("__row_b", pa.array(range(new.num_rows), pa.int64()))
+    keys_a = a.select([*key, "__row_a"])
+    keys_b = b.select([*key, "__row_b"])
+    joined = keys_a.join(keys_b, key, join_type="full outer")
+    ra, rb = joined["__row_a"], joined["__row_b"]
+    only_b = pc.is_null(ra)
+    only_a = pc.is_null(rb)
+    both = pc.and_(pc.is_valid(ra), pc.is_valid(rb))
+    added_idx, removed_idx = pc.filter(rb, only_b), pc.filter(ra, only_a)
+    # pairs in the new file's row order (a join's output order is not defined)
+    pairs = pa.table({"a": pc.filter(ra, both), "b": pc.filter(rb, both)}).sort_by("b")
+    pa_idx, pb_idx = pairs["a"], pairs["b"]
+    left, right = old.take(pa_idx), new.take(pb_idx)
+    values = [n for n in old.column_names if n not in key]
+    differs = {n: _differs(left[n], right[n]) for n in values}
+    any_diff = pc.fill_null(pa.nulls(len(pa_idx), pa.bool_()), False)
+    for mask in differs.values():
+        any_diff = pc.or_(any_diff, mask)
+    changed_at = pc.indices_nonzero(any_diff)
+    changed_rows = []
+    shown = changed_at.slice(0, limit).to_pylist()
+    if shown:
+        l_rows = left.take(shown).to_pylist()
+        r_rows = right.take(shown).to_pylist()
+        for i, lr, rr in zip(shown, l_rows, r_rows, strict=True):
+            changed_rows.append({"key": {k: lr[k] for k in key},
+                                 "columns": [n for n in values if differs[n][i].as_py()],
+                                 "old": lr, "new": rr})
+    return RowDiff(len(added_idx), len(removed_idx), len(changed_at),
+                   new.take(_first(added_idx, limit)).to_pylist(),
+                   old.take(_first(removed_idx, limit)).to_pylist(), changed_rows)
+
+
+def _first(rows: pa.ChunkedArray | pa.Array, limit: int) -> pa.Array:
+    """The lowest `limit` row numbers, in order: rows are listed as the file has them."""
+    return pc.take(rows, pc.sort_indices(rows)).slice(0, limit)
+
+
+def _differs(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.Array:
+    """Per row: values differ (null equals only null)."""
+    if pa.types.is_nested(a.type):
+        a, b = _as_text(a), _as_text(b)
+    out = pc.or_(pc.fill_null(pc.not_equal(a, b), False), pc.xor(pc.is_null(a), pc.is_null(b)))
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+async def diff_rows(files: dict[str, Any], a: bytes, b: bytes, load: Loader,
+                    chunks: ChunkStore, key: list[str] | None, limit: int
+                    ) -> list[dict[str, Any]]:
+    """Row diffs of the tabular files a file diff found added, removed or modified."""
+    jobs = [(m["path"], m["path"]) for m in files["modified"]]  # type: ignore[index]
+    jobs += [(None, m["path"]) for m in files["added"]]  # type: ignore[index]
+    jobs += [(m["path"], None) for m in files["removed"]]  # type: ignore[index]
+    out = []
+    for old_path, new_path in sorted(jobs, key=lambda j: j[1] or j[0] or ""):
+        path = new_path or old_path
+        assert path is not None
+        fmt = format_of(path)
+        if fmt is None:
+            continue
+        old = await _table(a, old_path, fmt, load, chunks) if old_path else None
+        new = await _table(b, new_path, fmt, load, chunks) if new_path else None
+        if old is None and new is not None:
+            diff = one_side(new, True, limit)
+        elif new is None and old is not None:
+            diff = one_side(old, False, limit)
+        elif old is not None and new is not None:
+            diff = await trio.to_thread.run_sync(row_diff, old, new, key, limit)
+        else:
+            continue
+        out.append({"path": path, "format": fmt, **diff.to_json()})
+    return out
+
+
+async def _table(root: bytes, path: str, fmt: str, load: Loader, chunks: ChunkStore
+                 ) -> pa.Table | None:
+    entry = await _find(root, path, load)
+    if entry is None or entry.kind != "file":
+        return None
+
+    def read() -> pa.Table:
+        with open_content(ChunkList(list(entry.chunks)), chunks) as f:
+            try:
+                return read_table(f, fmt)
+            except (pa.ArrowInvalid, ValueError) as e:
+                raise InvalidArgument(f"{path} cannot be read as {fmt}: {e}") from None
+    return await trio.to_thread.run_sync(read)
+
+
+async def _find(root: bytes, path: str, load: Loader) -> TreeEntry | None:
+    """The entry at a relative path below a tree."""
+    tid, entry = root, None
+    for part in path.split("/"):
+        if entry is not None and entry.kind != "dir":
+            return None
+        entry = (await load(tid)).find(part.encode(errors="surrogateescape"))
+        if entry is None:
+            return None
+        tid = entry.tree
+    return entry
