@@ -87,6 +87,20 @@ def rmtree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def fresh(path: Path) -> Path:
+    """An empty directory at path (unmounting and removing what was there)."""
+    if path.exists():
+        for m in mounts_under(path):
+            unmount(m, lazy=True)
+        rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def rate(amount: float, seconds: float) -> float:
+    return amount / seconds if seconds > 0 else float("inf")
+
+
 def is_mount(path: Path) -> bool:
     try:
         return os.path.ismount(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from benchlib import PROCS, BenchError, log, run, stop_mount, wait_mount
 BIN = Path(sys.executable).parent
 DMSFSD = str(BIN / "dmsfsd")
 DMSCTL = str(BIN / "dmsctl")
+PYSPY = BIN / "py-spy"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The highest VmHWM any daemon of this run reached (KiB), with where it happened.
@@ -187,3 +189,61 @@ def warn_log_errors(d: Daemon) -> None:
     errs = d.errors_in_log()
     if errs:
         log(f"warning: dmsfsd ({d.name}) logged {len(errs)} error(s), first: {errs[0][:300]}")
+
+
+class Spy:
+    """py-spy recording a process (sampling, non-blocking) into a raw collapsed-stack file."""
+
+    def __init__(self, pid: int, rawfile: Path, rate: int = 200) -> None:
+        self.pid = pid
+        self.rawfile = rawfile
+        self.rate = rate
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Spy:
+        self.rawfile.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [str(PYSPY), "record", "--pid", str(self.pid), "--format", "raw", "-o",
+             str(self.rawfile), "--rate", str(self.rate), "--nonblocking", "--threads"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        PROCS.add(self.proc, None)  # type: ignore[arg-type]
+        time.sleep(1)  # py-spy attaches
+        return self
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        PROCS.forget(self.proc)
+
+
+def summarize_pyspy(rawfile: Path) -> str:
+    if not rawfile.exists():
+        return "no py-spy output\n"
+    threads: dict[str, int] = {}
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in rawfile.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0]] = threads.get(frames[0], 0) + count
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + count
+        for f in set(frames[1:]):
+            incl[f] = incl.get(f, 0) + count
+    if not total:
+        return "py-spy recorded no samples\n"
+    out = [f"py-spy samples (non-idle): {total}", "", "by thread:"]
+    out += [f"  {c:7d} {c / total:6.1%}  {t}" for t, c in sorted(threads.items(),
+                                                                   key=lambda x: -x[1])[:10]]
+    out += ["", "top functions, self:"]
+    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(self_t.items(),
+                                                                  key=lambda x: -x[1])[:25]]
+    out += ["", "top functions, inclusive:"]
+    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(incl.items(),
+                                                                  key=lambda x: -x[1])[:25]]
+    return "\n".join(out) + "\n"

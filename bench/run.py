@@ -3,7 +3,8 @@
     .venv/bin/python -P bench/run.py [--quick] [--only SECTION[,SECTION]] [--keep]
                                       [--workdir DIR] [--reps N] [--profile]
 
-Sections (in this order): ingest, smallfiles, reads, dedup, rss.  Each prints
+Sections (in this order): ingest, smallfiles, reads, dedup, rss, and from
+snapshots.py snapshot, diff, snapread, lsR.  Each prints
 figures with their ratio to a baseline measured in the same run; the table goes
 to stdout, progress to stderr, everything to bench/out/results.json.
 
@@ -22,7 +23,6 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # run with python -P: the helper modules live beside this file
 
 import baselines  # noqa: E402
+import snapshots  # noqa: E402
 import workload  # noqa: E402
 from benchlib import (  # noqa: E402
     MB,
@@ -45,19 +46,21 @@ from benchlib import (  # noqa: E402
     child_cpu,
     drop_caches,
     du_apparent,
+    fresh,
     is_mount,
     log,
     median,
     mounts_under,
+    rate,
     read_files,
     rmtree,
     run,
     timed,
     unmount,
 )
-from dmsd import BIN, PEAK, CpuMeter, Daemon, warn_log_errors  # noqa: E402
+from dmsd import PEAK, PYSPY, CpuMeter, Daemon, Spy, summarize_pyspy, warn_log_errors  # noqa: E402
 
-SECTIONS = ["ingest", "smallfiles", "reads", "dedup", "rss"]
+SECTIONS = ["ingest", "smallfiles", "reads", "dedup", "rss", *snapshots.SECTIONS]
 OUT = HERE / "out"
 
 
@@ -91,6 +94,7 @@ class Ctx:
     v1_store: Path | None = None     # a daemon root whose store holds data/v1 at ds/v1
     borg_repo: Path | None = None    # a borg repo (root) with archive v1
     restic_repo: Path | None = None  # a restic repo (root) with a snapshot of v1
+    snapinfo: dict[str, Any] = field(default_factory=dict)  # snapshots.prepare(): its data
 
     def row(self, *a: Any, **kw: Any) -> Row:
         r = Row(*a, **kw)
@@ -102,19 +106,6 @@ class Ctx:
     def keep_or_remove(self, path: Path) -> None:
         if not self.args.keep:
             rmtree(path)
-
-
-def fresh(path: Path) -> Path:
-    if path.exists():
-        for m in mounts_under(path):
-            unmount(m, lazy=True)
-        rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-def rate(amount: float, seconds: float) -> float:
-    return amount / seconds if seconds > 0 else float("inf")
 
 
 def cp_a(src: Path, dst: Path, cpu: dict[str, float] | None = None) -> float:
@@ -584,8 +575,7 @@ def sec_rss(ctx: Ctx) -> None:
 # ---------------------------------------------------------------- profile
 def profile_ingest(ctx: Ctx) -> None:
     """Untimed extra ingest under py-spy (sampling, non-blocking): where the daemon spends time."""
-    pyspy = BIN / "py-spy"
-    if not pyspy.exists():
+    if not PYSPY.exists():
         log("[profile] py-spy not in the venv; skipped")
         return
     root = fresh(ctx.work / "p")
@@ -593,16 +583,10 @@ def profile_ingest(ctx: Ctx) -> None:
     rawfile = OUT / "profile-ingest.raw"
     try:
         (d.mnt / "ds").mkdir()
-        spy = subprocess.Popen([str(pyspy), "record", "--pid", str(d.pid), "--format", "raw",
-                                "-o", str(rawfile), "--rate", "200", "--nonblocking",
-                                "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        PROCS.add(spy, None)  # type: ignore[arg-type]
-        time.sleep(1)
+        spy = Spy(d.pid, rawfile).start()
         cp_a(ctx.data / "v1", d.mnt / "ds" / "v1")
         d.flush()
-        spy.send_signal(signal.SIGINT)
-        spy.wait(60)
-        PROCS.forget(spy)
+        spy.stop()
     finally:
         d.stop()
     rmtree(root)
@@ -612,40 +596,12 @@ def profile_ingest(ctx: Ctx) -> None:
     sys.stderr.write(summary)
 
 
-def summarize_pyspy(rawfile: Path) -> str:
-    if not rawfile.exists():
-        return "no py-spy output\n"
-    threads: dict[str, int] = {}
-    self_t: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    for line in rawfile.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        count = int(n)
-        frames = stack.split(";")
-        total += count
-        threads[frames[0]] = threads.get(frames[0], 0) + count
-        self_t[frames[-1]] = self_t.get(frames[-1], 0) + count
-        for f in set(frames[1:]):
-            incl[f] = incl.get(f, 0) + count
-    out = [f"py-spy samples (non-idle): {total}", "", "by thread:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {t}" for t, c in sorted(threads.items(),
-                                                                   key=lambda x: -x[1])[:10]]
-    out += ["", "top functions, self:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(self_t.items(),
-                                                                  key=lambda x: -x[1])[:25]]
-    out += ["", "top functions, inclusive:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(incl.items(),
-                                                                  key=lambda x: -x[1])[:25]]
-    return "\n".join(out) + "\n"
-
-
 # ---------------------------------------------------------------- output
 def fmt(v: float | None) -> str:
     if v is None:
         return "-"
+    if isinstance(v, int):
+        return f"{v:,}"
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 10:
@@ -707,7 +663,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="work dir on local disk; keep the path short (default /tmp/dmsb)")
     p.add_argument("--reps", type=int, help="repetitions per cheap figure (default 3, quick 1)")
     p.add_argument("--profile", action="store_true",
-                   help="also run one untimed ingest under py-spy; summary in bench/out/")
+                   help="also profile the daemon with py-spy (untimed): an ingest when the "
+                   "ingest section runs, snapshots when the snapshot section runs; summaries "
+                   "in bench/out/")
     args = p.parse_args(argv)
     if args.only:
         bad = [s for s in args.only.split(",") if s not in SECTIONS]
@@ -747,8 +705,12 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["tools"] = tools.versions
         results["workload"] = {k: v for k, v in info.items() if k != "v2_rewritten"}
         ctx = Ctx(args, work, data, info, tools, reps)
+        if set(wanted) & set(snapshots.SECTIONS):
+            ctx.snapinfo = snapshots.prepare(work)
         funcs = {"ingest": sec_ingest, "smallfiles": sec_smallfiles, "reads": sec_reads,
-                 "dedup": sec_dedup, "rss": sec_rss}
+                 "dedup": sec_dedup, "rss": sec_rss, "snapshot": snapshots.sec_snapshot,
+                 "diff": snapshots.sec_diff, "snapread": snapshots.sec_snapread,
+                 "lsR": snapshots.sec_lsR}
         for name in SECTIONS:
             if name not in wanted:
                 continue
@@ -776,8 +738,10 @@ def main(argv: list[str] | None = None) -> int:
             peak = int(PEAK["kib"]) / 1024  # type: ignore[call-overload]
             ctx.row("rss", "daemon peak RSS (VmHWM), whole run", peak, "MiB",
                     target="≤150 MiB", met=peak <= 150, note=f"in {PEAK['where']}")
-        if args.profile:
+        if args.profile and "ingest" in wanted:
             profile_ingest(ctx)
+        if args.profile:
+            snapshots.profile(ctx, OUT, wanted)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")

@@ -9,6 +9,7 @@ import pwd
 from typing import Any
 
 from dmsfs.client import Client
+from dmsfs.errors import UsageError
 from dmsfs.sizes import format_size
 
 from .export import output_kind, progress, write
@@ -109,8 +110,16 @@ def untag(client: Client, args: argparse.Namespace) -> int:
 
 
 def diff(client: Client, args: argparse.Namespace) -> int:
-    d = client.diff(args.a, args.b)
-    _emit(args, d, _diff_text(d))
+    if not args.rows and (args.key is not None or args.limit is not None):
+        raise UsageError("--key and --limit go with --rows")
+    d = client.diff(args.a, args.b, schema=args.schema, rows=args.rows, key=args.key,
+                    limit=args.limit)
+    parts = []
+    if args.schema:
+        parts.append(_schema_diff_text(d["schema"]))
+    if args.rows:
+        parts.append(_rows_diff_text(d["rows"]))
+    _emit(args, d, "\n\n".join(parts) if parts else _diff_text(d))
     return 0
 
 
@@ -124,6 +133,48 @@ def _diff_text(d: dict[str, Any]) -> str:
     changes += [(c["to"], f"R {_q(c['from'])} -> {_q(c['to'])}") for c in d["renamed"]]
     counts = ", ".join(f"{len(d[k])} {k}" for k in ("added", "removed", "modified", "renamed"))
     return "\n".join([*(line for _, line in sorted(changes)), f"{d['a']} -> {d['b']}: {counts}"])
+
+
+def _schema_diff_text(s: dict[str, Any]) -> str:
+    """+ added, - removed, ~ changed keyword at a pointer into the schema; a summary."""
+    def version(n: int | None) -> str:
+        return "no schema" if n is None else f"schema v{n}"
+
+    def j(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    lines = [f"+ {c['pointer']} {j(c['schema'])}" for c in s["added"]]
+    lines += [f"- {c['pointer']} {j(c['schema'])}" for c in s["removed"]]
+    lines += [f"~ {c['pointer']} {c['what']}: {j(c['old'])} -> {j(c['new'])}"
+              for c in s["changed"]]
+    counts = ", ".join(f"{len(s[k])} {k}" for k in ("added", "removed", "changed"))
+    return "\n".join([*lines, f"{version(s['a_version'])} -> {version(s['b_version'])}: "
+                      f"{counts}"])
+
+
+def _rows_diff_text(r: dict[str, Any]) -> str:
+    """Per tabular file: its counts, then its rows (+ added, - removed, ~ changed)."""
+    def j(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    out = []
+    for f in r["files"]:
+        out.append(f"{_q(f['path'])} ({f['format']}): {f['added']} added, {f['removed']} "
+                   f"removed, {f['changed']} changed")
+        out += [f"  + {j(row)}" for row in f["added_rows"]]
+        out += [f"  - {j(row)}" for row in f["removed_rows"]]
+        for c in f["changed_rows"]:
+            what = "; ".join(f"{col}: {j(c['old'].get(col))} -> {j(c['new'].get(col))}"
+                             for col in c["columns"])
+            out.append(f"  ~ {j(c['key'])}: {what}")
+        shown = len(f["added_rows"]) + len(f["removed_rows"]) + len(f["changed_rows"])
+        total = f["added"] + f["removed"] + f["changed"]
+        if shown < total:
+            out.append(f"  ... {total - shown} more rows not listed (--limit)")
+    key = r.get("key")
+    out.append(f"{len(r['files'])} tabular files differ; rows matched "
+               + (f"by key {', '.join(key)}" if key else "by whole-row content"))
+    return "\n".join(out)
 
 
 def _besides_content(change: dict[str, Any]) -> str:
@@ -149,6 +200,80 @@ def restore(client: Client, args: argparse.Namespace) -> int:
     v = r["version"]
     _emit(args, r, f"{where} restored to v{v['number']} {v['id']}: {r['added']} added, "
           f"{r['removed']} removed, {r['changed']} changed")
+    return 0
+
+
+# ------------------------------------------------------------------ datasets and schemas
+def _schema_file(path: str) -> Any:
+    """The JSON in a schema file; unreadable or not JSON is a usage error (exit 2)."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not JSON: {e}") from None
+
+
+def _globs(values: list[str] | None) -> list[str] | None:
+    """--glob 'a,b' (repeatable) as a list; None for the daemon's default."""
+    if not values:
+        return None
+    globs = [g.strip() for v in values for g in v.split(",") if g.strip()]
+    if not globs:
+        raise UsageError("--glob needs at least one pattern")
+    return globs
+
+
+def _schema_line(dataset: str, v: dict[str, Any]) -> str:
+    return f"{dataset}: schema version {v['version']} (globs: {', '.join(v['globs'])})"
+
+
+def schema_set(client: Client, args: argparse.Namespace) -> int:
+    schema = _schema_file(args.file)
+    v = client.set_schema(args.dataset, schema, _globs(args.glob))
+    _emit(args, v, _schema_line(args.dataset, v))
+    return 0
+
+
+def schema_show(client: Client, args: argparse.Namespace) -> int:
+    v = client.schema(args.dataset, args.version)
+    _emit(args, v, json.dumps(v["schema"], indent=2, ensure_ascii=False))
+    return 0
+
+
+def schema_history(client: Client, args: argparse.Namespace) -> int:
+    records = client.schemas(args.dataset)
+    rows = [[str(v["version"]), v["time"][:19] + "Z", v["user"], ", ".join(v["globs"])]
+            for v in records]
+    text = (_table(["VERSION", "TIME", "USER", "GLOBS"], rows, right={0}) if rows else
+            f"{args.dataset} has no schema (dmsctl schema set {args.dataset} SCHEMA.json)")
+    _emit(args, records, text)
+    return 0
+
+
+def dataset_create(client: Client, args: argparse.Namespace) -> int:
+    if args.glob and args.schema is None:
+        raise UsageError("--glob goes with --schema")
+    schema = _schema_file(args.schema) if args.schema is not None else None
+    r = client.create_dataset(args.dataset, schema, _globs(args.glob))
+    text = f"{args.dataset}: dataset created"
+    if r.get("schema"):
+        text += f"; {_schema_line(args.dataset, r['schema']).split(': ', 1)[1]}"
+    _emit(args, r, text)
+    return 0
+
+
+def rejects(client: Client, args: argparse.Namespace) -> int:
+    records = client.rejects(args.dataset)
+    rows = [[r["time"][:19] + "Z", r["user"], _q(r["path"]),
+             "-" if r["record"] is None else str(r["record"]), r["pointer"] or "-",
+             " ".join(r["message"].split()), f"{r['failed_records']}/{r['records']}"]
+            for r in records]
+    text = (_table(["TIME", "USER", "PATH", "RECORD", "POINTER", "MESSAGE", "FAILED"], rows,
+                   right={3, 6})
+            if rows else f"{args.dataset} has no rejected writes")
+    _emit(args, records, text)
     return 0
 
 

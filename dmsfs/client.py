@@ -176,9 +176,20 @@ class Client:
     def untag(self, dataset: str, tag: str) -> None:
         self.call("DELETE", _path("datasets", dataset, "tags", tag))
 
-    def diff(self, a: str, b: str) -> dict[str, Any]:
-        """Changes from a to b, each "DATASET@VERSION" or "DATASET" (its live tree)."""
-        return self.call("GET", "/v1/diff", {"a": a, "b": b})
+    def diff(self, a: str, b: str, *, schema: bool = False, rows: bool = False,
+             key: list[str] | str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """Changes from a to b, each "DATASET@VERSION" or "DATASET" (its live tree).
+
+        schema=True adds "schema": the change of the dataset's schema between the two;
+        rows=True adds "rows": rows added, removed and changed in tabular files, matched
+        by the columns in `key` (a list or "col,col") or, without a key, by whole-row
+        content; `limit` caps the rows listed per file (the counts stay exact)."""
+        if isinstance(key, list | tuple):
+            key = ",".join(key)
+        params: dict[str, Any] = {"a": a, "b": b, "schema": True if schema else None}
+        if rows:
+            params.update(rows=True, key=key or None, limit=limit)
+        return self.call("GET", "/v1/diff", params)
 
     def export_stream(self, dataset: str, version: str) -> tuple[int, Iterator[bytes]]:
         """(the version's total file bytes, its tar archive in pieces).
@@ -209,6 +220,37 @@ class Client:
         """Bring a dataset's live tree, or one path in it, back to a version."""
         return self.call("POST", _path("datasets", dataset, "restore"),
                          body={"version": version, "path": path})
+
+    # -- datasets, schemas, rejected writes
+    def create_dataset(self, name: str, schema: Any = None, globs: list[str] | None = None
+                       ) -> dict[str, Any]:
+        """Create a dataset (as mkdir at the mount's top level), with a schema if given:
+        {"dataset": name, "schema": the schema version's record or None}."""
+        body: dict[str, Any] = {"name": name}
+        if schema is not None:
+            body.update(schema=schema, globs=globs)
+        return self.call("POST", "/v1/datasets", body=body)
+
+    def set_schema(self, dataset: str, schema: Any, globs: list[str] | None = None
+                   ) -> dict[str, Any]:
+        """Register a new version of a dataset's schema; returns its record
+        (dataset, version, schema, globs, time, uid, user).  An invalid schema raises
+        InvalidArgument with the validator's message."""
+        return self.call("PUT", _path("datasets", dataset, "schema"),
+                         body={"schema": schema, "globs": globs})
+
+    def schema(self, dataset: str, version: int | None = None) -> dict[str, Any]:
+        """One schema version's record: the current one unless `version` is given."""
+        return self.call("GET", _path("datasets", dataset, "schema"), {"version": version})
+
+    def schemas(self, dataset: str) -> list[dict[str, Any]]:
+        """Every schema version's record of a dataset, oldest first."""
+        return self.call("GET", _path("datasets", dataset, "schemas"))["schemas"]
+
+    def rejects(self, dataset: str) -> list[dict[str, Any]]:
+        """Recent writes the schema refused, newest first: path, time, uid, user,
+        schema_version, record, pointer, message, failed_records, records."""
+        return self.call("GET", _path("datasets", dataset, "rejects"))["rejects"]
 
 
 def _path(*segments: str) -> str:

@@ -311,22 +311,30 @@ def _format_check(s: dict[str, Any]) -> list[Check] | None:
     return None
 
 
-def _bad_day(dates: pa.Array) -> pa.Array:
-    """True where YYYY-MM-DD is not a real day (Arrow would roll 02-30 to 03-02)."""
-    parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
+def _bad_day(dates: pa.Array, shaped: pa.Array) -> pa.Array:
+    """True where a YYYY-MM-DD string is not a real day."""
+    candidates = pc.if_else(pc.fill_null(shaped, False), dates, "2000-01-01")
+    try:  # the usual case, all real days: one cast says so
+        pc.cast(candidates, pa.date32())
+        return _none(dates)
+    except pa.ArrowInvalid:
+        pass
+    # which ones (strptime alone would roll 02-30 over to 03-02: compare back)
+    parsed = pc.strptime(candidates, format="%Y-%m-%d", unit="s", error_is_null=True)
     again = pc.strftime(parsed, format="%Y-%m-%d")
-    return pc.or_(_fill(pc.not_equal(again, dates)), pc.is_null(again))
+    return pc.or_(_fill(pc.not_equal(again, candidates)), pc.is_null(again))
 
 
 def _bad_date(col: pa.Array) -> pa.Array:
     shaped = pc.match_substring_regex(col, DATE_RE)
-    return pc.or_(pc.invert(shaped), pc.or_(pc.starts_with(col, "0000"), _bad_day(col)))
+    return pc.or_(pc.invert(shaped), pc.or_(pc.starts_with(col, "0000"), _bad_day(col, shaped)))
 
 
 def _bad_date_time(col: pa.Array) -> pa.Array:
     shaped = pc.match_substring_regex(col, DATE_TIME_RE)
     day = pc.utf8_slice_codeunits(col, 0, 10)
-    return pc.or_(pc.invert(shaped), pc.or_(pc.starts_with(col, "0000"), _bad_day(day)))
+    return pc.or_(pc.invert(shaped), pc.or_(pc.starts_with(col, "0000"),
+                                            _bad_day(day, shaped)))
 
 
 def _items_check(s: dict[str, Any]) -> list[Check] | None:
