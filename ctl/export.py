@@ -144,19 +144,21 @@ def _zip_info(member: tarfile.TarInfo) -> zipfile.ZipInfo:
 
 def extract_dir(pieces: Iterable[bytes], path: Path) -> None:
     with tarfile.open(fileobj=_reader(pieces), mode="r|") as tar:
-        tar.extractall(path, filter=_data_keeping_symlinks)
+        tar.extractall(path, filter=_safe_keeping_modes)
 
 
-def _data_keeping_symlinks(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """tarfile's "data" filter (no absolute or escaping paths, no device files, no
-    set-id bits, owned by whoever extracts), except that a symlink pointing outside
-    is kept as it is: a dataset may hold one, and the filter still refuses any
-    member whose real path leaves `dest`, so nothing is ever written through it."""
+def _safe_keeping_modes(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Refuse what tarfile's "data" filter refuses (absolute or escaping paths,
+    device files), but keep every mode bit, as `tar -xp` does, and let a symlink
+    pointing outside stay a link (a dataset may hold one; the check still refuses
+    any member whose real path leaves `dest`, so nothing is written through it).
+    Files belong to whoever extracts."""
     try:
-        return tarfile.data_filter(member, dest)
+        tarfile.data_filter(member, dest)
     except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-        return member.replace(uid=None, gid=None, uname=None, gname=None,  # type: ignore[arg-type]
-                              deep=False)
+        pass
+    return member.replace(uid=None, gid=None, uname=None, gname=None,  # type: ignore[arg-type]
+                          deep=False)
 
 
 WRITERS: dict[str, Callable[[Iterable[bytes], Path], None]] = {

@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="do not detach")
     p.add_argument("--init-only", action="store_true", help="initialise the store and exit")
     p.add_argument("--reindex", action="store_true",
-                   help="rebuild the chunk index from the store before mounting (versions "
-                        "and tags in the store are indexed at every start)")
+                   help="rebuild the chunk index from the store before mounting (done by "
+                        "itself with a new state dir; versions, tags and schemas in the "
+                        "store are indexed at every start)")
     p.add_argument("--demo", action="store_true", help="create a demo dataset in a new store")
     init = p.add_argument_group("new stores only (recorded in the store's config)")
     init.add_argument("--chunk-size", type=_chunk_sizes, metavar="MIN,AVG,MAX",

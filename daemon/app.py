@@ -89,7 +89,7 @@ async def run(opts: DaemonOptions) -> None:
         vfs.root_xattrs[b"user.dmsfs.api"] = f"unix:{socket_path}".encode()
         async with trio.open_nursery() as nursery:
             await nursery.start(repo.chunks.run)
-            if opts.reindex:
+            if opts.reindex or await repo.index_is_blank():
                 await repo.reindex()
             else:
                 await repo.schemas.sync_from_store()

@@ -124,7 +124,10 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         try:
-            return self._entry(await self.vfs.lookup(parent_inode, name))
+            found = self._entry(await self.vfs.lookup(parent_inode, name))
+            if self.vfs.snaps.named_by_prefix(parent_inode, name):
+                found.entry_timeout = 0
+            return found
         except NotFound:
             negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel caches the miss
             # ... except of @names, which a snapshot or tag may bring at any time

@@ -99,12 +99,27 @@ class TreeBuilder:
 
     def cache(self, built: Built, changed: set[int]) -> None:
         """Record the built trees as the cached trees of their directories, except
-        for directories changed since the build began and those above them."""
-        stale = set()
-        for ino in changed:
-            while ino in built.made and ino not in stale:
-                stale.add(ino)
-                ino = built.made[ino][3]
+        for directories changed since the build began and every directory above
+        them (a directory with no cached tree must have none cached above it)."""
+        stale: set[int] = set()
+        with self.index.read() as t:
+            for ino in changed:
+                # up through the parents the build saw and those the index has now
+                # (a changed directory may have been reused from its cached tree,
+                # or moved, while the build ran)
+                seen: set[int] = set()
+                todo = [ino]
+                while todo:
+                    ino = todo.pop()
+                    if ino in seen:
+                        continue
+                    seen.add(ino)
+                    stale.add(ino)
+                    if ino in built.made:
+                        todo.append(built.made[ino][3])
+                    inode = t.get_inode(ino)
+                    if inode is not None and inode.parent != ino:
+                        todo.append(inode.parent)
         with self.index.write() as t:
             for cid, loc in built.locations.items():
                 if t.get_location(cid) is None:

@@ -116,6 +116,15 @@ class Repo:
         table = self.store.get_range(key, -(FOOTER.size + table_len), table_len)
         return decode_pack_index(table, count)
 
+    async def index_is_blank(self) -> bool:
+        """True when the index knows no pack but the store has some: a new state dir
+        over an existing store (another machine, a lost state dir)."""
+        with self.index.read() as t:
+            if t.counter("packs"):
+                return False
+        return await trio.to_thread.run_sync(
+            lambda: next(iter(self.store.list("packs/")), None) is not None)
+
     async def reindex(self) -> dict[str, int]:
         """Rebuild the chunk and pack tables from the packs in the store, and index
         the versions and tags stored there."""

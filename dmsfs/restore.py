@@ -65,6 +65,7 @@ class Restorer:
                         root.mode, root.uid, root.gid = (record.root[k] for k in
                                                          ("mode", "uid", "gid"))
                         t.put_inode(root)
+                        self._set_xattrs(t, ds_ino, record.root_xattrs)
                         plan.changed_dirs.append(ds_ino)
                         self._sync_dir(t, plan, ds_ino, record.tree)
                 break
@@ -197,11 +198,15 @@ class Restorer:
         elif entry.kind == "symlink":
             inode.target, inode.size = entry.target, len(entry.target)
         t.put_inode(inode)
-        for xname in t.list_xattrs(inode.ino):
-            if xname not in entry.xattrs:
-                t.delete_xattr(inode.ino, xname)
-        for xname, value in entry.xattrs.items():
-            t.put_xattr(inode.ino, xname, value)
+        Restorer._set_xattrs(t, inode.ino, entry.xattrs)
+
+    @staticmethod
+    def _set_xattrs(t: Txn, ino: int, xattrs: dict[bytes, bytes]) -> None:
+        for xname in t.list_xattrs(ino):
+            if xname not in xattrs:
+                t.delete_xattr(ino, xname)
+        for xname, value in xattrs.items():
+            t.put_xattr(ino, xname, value)
 
     def _remove(self, t: Txn, plan: _Plan, parent: int, name: bytes, inode: Inode,
                 counted: bool = True) -> None:

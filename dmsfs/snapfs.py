@@ -52,6 +52,8 @@ class Snapshots:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[int, bytes, str], int] = {}
         self._next = SNAP_INO_BASE
+        # @names bound by an id prefix: later versions may make them ambiguous
+        self._by_prefix: set[tuple[int, bytes]] = set()
 
     def _node(self, ino: int) -> Node:
         node = self._nodes.get(ino)
@@ -80,10 +82,16 @@ class Snapshots:
         except UnicodeDecodeError:
             raise NotFound() from None
         try:
-            record = self.versions.resolve(dataset, spec)
+            record, by_prefix = self.versions.resolve_how(dataset, spec)
         except InvalidArgument:  # an ambiguous prefix names nothing
             raise NotFound() from None
+        if by_prefix:
+            self._by_prefix.add((dataset_ino, name))
         return self._bind(dataset_ino, record.root_entry(), record.id, name).inode()
+
+    def named_by_prefix(self, parent: int, name: bytes) -> bool:
+        """The kernel must not cache this name: a later version may share the prefix."""
+        return (parent, name) in self._by_prefix
 
     async def _tree(self, node: Node) -> Tree:
         if node.entry.kind != "dir":

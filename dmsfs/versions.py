@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -85,7 +86,7 @@ class VersionRecord:
     tree: bytes
     files: int
     bytes: int
-    root: dict[str, int]              # the dataset directory's mode, uid, gid, mtime_ns
+    root: dict[str, Any]              # the dataset directory's mode, uid, gid, mtime_ns, xattrs
     schema: int | None = None         # the schema version the live tree was validated by
     tags: list[str] = field(default_factory=list)
 
@@ -117,7 +118,12 @@ class VersionRecord:
         r = self.root
         return TreeEntry(f"@v{self.number}".encode(), r["mode"], r["uid"], r["gid"],
                          r["mtime_ns"], self.time_ns, self.bytes, tree=self.tree,
-                         files=self.files)
+                         files=self.files, xattrs=self.root_xattrs)
+
+    @property
+    def root_xattrs(self) -> dict[bytes, bytes]:
+        return {bytes.fromhex(k): bytes.fromhex(v)
+                for k, v in self.root.get("xattrs", {}).items()}
 
 
 class Versions:
@@ -141,6 +147,8 @@ class Versions:
         with self.index.read() as t:
             records = [VersionRecord.decode(raw) for raw in t.iter_versions(dataset)]
             tags = list(t.iter_tags(dataset))
+            if not records and t.lookup(ROOT_INO, dataset.encode()) is None:
+                raise NotFound(f"no dataset {dataset!r}")
         by_number = {r.number: r for r in records}
         for tag, number in sorted(tags):
             if number in by_number:
@@ -149,6 +157,11 @@ class Versions:
 
     def resolve(self, dataset: str, spec: str) -> VersionRecord:
         """The version `spec` names: v<N>, latest, a tag, an id or a unique prefix."""
+        return self.resolve_how(dataset, spec)[0]
+
+    def resolve_how(self, dataset: str, spec: str) -> tuple[VersionRecord, bool]:
+        """(the version spec names, whether spec named it by an id prefix: such a name
+        can come to name nothing when a later id shares the prefix)."""
         versions = self.list(dataset)
         found: list[VersionRecord] = []
         if m := NUMBERED.fullmatch(spec):
@@ -162,9 +175,11 @@ class Versions:
                 found = [r for r in versions if r.id.startswith(spec.lower())]
                 if len(found) > 1:
                     raise InvalidArgument(f"version prefix {spec!r} of {dataset} is ambiguous")
+                if found:
+                    return found[0], True
         if not found:
             raise NotFound(f"{dataset} has no version {spec!r}")
-        return found[0]
+        return found[0], False
 
     def datasets(self) -> list[str]:
         """Datasets that have versions."""
@@ -248,6 +263,7 @@ class Versions:
                 self.builder.cache(built, changed)
             with self.index.read() as t:
                 root = t.get_inode(ino)
+                root_xattrs = {k.hex(): v.hex() for k, v in t.xattr_items(ino)}
                 last = max((VersionRecord.decode(r).number for r in t.iter_versions(dataset)),
                            default=0)
             assert root is not None
@@ -255,7 +271,7 @@ class Versions:
                 uuid7(), dataset, last + 1, time.time_ns(), uid, user_name(uid), message,
                 built.tree, built.files, built.bytes,
                 {"mode": root.mode, "uid": root.uid, "gid": root.gid,
-                 "mtime_ns": root.mtime_ns}, schema_number(self.schemas.current(dataset)))
+                 "mtime_ns": root.mtime_ns, "xattrs": root_xattrs}, schema_number(self.schemas.current(dataset)))
             await self.chunks.flush()  # everything it references is stored first
             await self._put(version_key(record.id), record.encode())
             with self.index.write() as t:

@@ -376,9 +376,9 @@ class Vfs:
             return self._new_inode(t, parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
 
     def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        self._writable(parent)
         if not stat.S_ISREG(mode):
             raise NotPermitted("only regular files, directories and symlinks are stored")
-        self._writable(parent)
         with self.index.write() as t:
             return self._new_inode(t, parent, name, mode, uid, gid)
 

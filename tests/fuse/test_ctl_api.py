@@ -231,7 +231,9 @@ def test_snapshot_versions_tag_untag(daemon: Any, ds: Path) -> None:
     assert daemon.ctl_json("tag", "ds@latest", "latest-ok")["number"] == 2
     assert daemon.ctl("untag", "ds", "gold", check=True).returncode == 0
     assert [v["tags"] for v in daemon.ctl_json("versions", "ds")] == [["latest-ok"], []]
+    (ds.parent / "other").mkdir()
     assert "has no versions yet" in daemon.ctl("versions", "other", check=True).stdout
+    fails(daemon.ctl("versions", "nope"), 1, "no dataset 'nope'")
     stats = daemon.ctl("stats", check=True).stdout
     assert re.search(r"^versions +2$", stats, re.M), stats
     assert "files, 2 versions: no damage" in daemon.ctl("fsck", check=True).stdout
