@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -218,11 +219,14 @@ class Spy:
 
 
 def summarize_pyspy(rawfile: Path) -> str:
+    """Samples by thread; top functions (all lines of a function together) by self and
+    inclusive samples; top lines by self samples."""
     if not rawfile.exists():
         return "no py-spy output\n"
     threads: dict[str, int] = {}
-    self_t: dict[str, int] = {}
-    incl: dict[str, int] = {}
+    self_f: dict[str, int] = {}
+    incl_f: dict[str, int] = {}
+    self_l: dict[str, int] = {}
     total = 0
     for line in rawfile.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
@@ -232,18 +236,21 @@ def summarize_pyspy(rawfile: Path) -> str:
         frames = stack.split(";")
         total += count
         threads[frames[0]] = threads.get(frames[0], 0) + count
-        self_t[frames[-1]] = self_t.get(frames[-1], 0) + count
-        for f in set(frames[1:]):
-            incl[f] = incl.get(f, 0) + count
+        funcs = [re.sub(r":\d+\)$", ")", f) for f in frames[1:]]
+        if len(frames) > 1:
+            self_l[frames[-1]] = self_l.get(frames[-1], 0) + count
+            self_f[funcs[-1]] = self_f.get(funcs[-1], 0) + count
+        for f in set(funcs):
+            incl_f[f] = incl_f.get(f, 0) + count
     if not total:
         return "py-spy recorded no samples\n"
-    out = [f"py-spy samples (non-idle): {total}", "", "by thread:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {t}" for t, c in sorted(threads.items(),
-                                                                   key=lambda x: -x[1])[:10]]
-    out += ["", "top functions, self:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(self_t.items(),
-                                                                  key=lambda x: -x[1])[:25]]
-    out += ["", "top functions, inclusive:"]
-    out += [f"  {c:7d} {c / total:6.1%}  {f}" for f, c in sorted(incl.items(),
-                                                                  key=lambda x: -x[1])[:25]]
+
+    def top(d: dict[str, int], n: int) -> list[str]:
+        return [f"  {c:7d} {c / total:6.1%}  {k}"
+                for k, c in sorted(d.items(), key=lambda x: -x[1])[:n]]
+
+    out = [f"py-spy samples (non-idle): {total}", "", "by thread:", *top(threads, 10),
+           "", "top functions, self:", *top(self_f, 25),
+           "", "top functions, inclusive:", *top(incl_f, 25),
+           "", "top lines, self:", *top(self_l, 15)]
     return "\n".join(out) + "\n"

@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         results["workload"] = {k: v for k, v in info.items() if k != "v2_rewritten"}
         ctx = Ctx(args, work, data, info, tools, reps)
         if set(wanted) & set(snapshots.SECTIONS):
-            ctx.snapinfo = snapshots.prepare(work)
+            ctx.snapinfo = snapshots.prepare(work, args.quick)
         funcs = {"ingest": sec_ingest, "smallfiles": sec_smallfiles, "reads": sec_reads,
                  "dedup": sec_dedup, "rss": sec_rss, "snapshot": snapshots.sec_snapshot,
                  "diff": snapshots.sec_diff, "snapread": snapshots.sec_snapread,
