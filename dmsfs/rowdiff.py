@@ -29,7 +29,7 @@ from .content import ChunkList
 from .diff import Loader
 from .errors import InvalidArgument
 from .tree import TreeEntry
-from .validation.formats import format_of
+from .validation.fileformat import format_of
 
 SEP = "\x1f"        # between a row's values in its fingerprint
 NULL = "\x00"

@@ -14,7 +14,10 @@ import fnmatch
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 import trio
 
@@ -22,8 +25,10 @@ from .errors import InvalidArgument, NotFound, ReadOnly
 from .index import Index
 from .stamps import iso_time, user_name
 from .store.base import ObjectStore
-from .validation.formats import format_of
-from .validation.validator import Validator, Verdict, check_schema
+from .validation.fileformat import format_of
+
+if TYPE_CHECKING:
+    from .validation.validator import Validator, Verdict
 
 DEFAULT_GLOBS = ["*.jsonl", "*.ndjson", "*.csv", "*.parquet", "*.json"]
 REJECTS_SHOWN = 1000
@@ -70,8 +75,19 @@ class SchemaVersion:
     @property
     def validator(self) -> Validator:
         if self._validator is None:
+            # imported here: pyarrow adds ~60 MiB to a daemon that never validates
+            from .validation.validator import Validator
             self._validator = Validator(self.schema)
         return self._validator
+
+
+def check_schema(schema: Any) -> None:
+    """InvalidArgument with the validator's message unless schema is a valid
+    draft 2020-12 schema."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        raise InvalidArgument(f"invalid JSON Schema: {e.message}") from None
 
 
 def schema_key(dataset: str, number: int) -> str:

@@ -32,7 +32,6 @@ from .diff import diff_trees
 from .errors import InvalidArgument, InvalidName, NotFound, ReadOnly
 from .index import ROOT_INO, Index
 from .manifest import TreeBuilder, TreeLoader
-from .rowdiff import diff_rows
 from .schemadiff import schema_diff
 from .schemas import SchemaVersion, Schemas
 from .stamps import iso_time, user_name
@@ -222,6 +221,7 @@ class Versions:
         if schema:
             result["schema"] = self._schema_diff(a, b)
         if rows:
+            from .rowdiff import diff_rows  # pyarrow: loaded when first needed
             result["rows"] = {"key": key, "files": await diff_rows(
                 result, sides[0][1], sides[1][1], load, self.chunks, key, limit)}
         return result

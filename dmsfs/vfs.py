@@ -23,7 +23,7 @@ import time
 import trio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .content import ChunkList
 from .errors import (
@@ -46,10 +46,12 @@ from .index import HOLE, ROOT_INO, Inode, Txn
 from .chunkio import open_content
 from .repo import Repo
 from .schemas import SchemaVersion
-from .validation.validator import Verdict
 from .restore import Restorer
 from .snapfs import VERSION_COOKIE_BASE, Snapshots, is_snapshot
 from .writer import FileWriter, RingPool
+
+if TYPE_CHECKING:
+    from .validation.validator import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -56,15 +56,6 @@ def blocks(f: IO[bytes], fmt: str, schema: Any) -> Iterator[Block]:
     return _json_blocks(f)
 
 
-def format_of(name: str) -> str | None:
-    lower = name.lower()
-    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
-                     (".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
-        if lower.endswith(ext):
-            return fmt
-    return None
-
-
 # ------------------------------------------------------------------ JSON
 def _json_blocks(f: IO[bytes]) -> Iterator[Block]:
     doc = json.load(f)
@@ -201,19 +192,21 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
     empty = pc.equal(col, "")
     values = pc.if_else(empty, pa.scalar(None, pa.string()), col)
     if "integer" in types or "number" in types:
+        target = pa.float64() if "number" in types else pa.int64()
+        long = pc.fill_null(pc.greater(pc.utf8_length(values), EXACT_DIGITS), False)
+        try:  # the usual case: Arrow parses every value; only its extras are doubted
+            typed = pc.cast(values, target)
+            return typed, pc.or_(long, _arrow_only_numbers(values, target))
+        except pa.ArrowInvalid:
+            pass
         is_int = pc.match_substring_regex(values, INT_RE)
-        long = pc.greater(pc.utf8_length(values), EXACT_DIGITS)
-        if "number" in types:
-            is_num = pc.or_(is_int, pc.match_substring_regex(values, FLOAT_RE))
-            typed = pc.cast(pc.if_else(is_num, values, pa.scalar(None, pa.string())),
-                            pa.float64())
-            doubt = pc.or_(pc.and_(is_num, long), pc.and_(pc.is_valid(values),
-                                                          pc.invert(is_num)))
-        else:
-            typed = pc.cast(pc.if_else(pc.and_(is_int, pc.invert(long)), values,
-                                       pa.scalar(None, pa.string())), pa.int64())
-            doubt = pc.or_(pc.and_(is_int, long), pc.and_(pc.is_valid(values),
-                                                          pc.invert(is_int)))
+        is_num = pc.or_(is_int, pc.match_substring_regex(values, FLOAT_RE)) \
+            if "number" in types else is_int
+        ok = is_num if "number" in types else pc.and_(is_int, pc.invert(long))
+        # Arrow's integer parser refuses a leading +, which csv_value accepts
+        typed = pc.cast(pc.utf8_ltrim(pc.if_else(ok, values, pa.scalar(None, pa.string())),
+                                      characters="+"), target)
+        doubt = pc.or_(pc.and_(is_num, long), pc.and_(pc.is_valid(values), pc.invert(is_num)))
         return typed, pc.fill_null(doubt, False)
     if "boolean" in types:
         is_true = pc.is_in(values, value_set=pa.array(TRUE))
@@ -221,6 +214,17 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
         typed = pc.if_else(is_bool, is_true, pa.scalar(None, pa.bool_()))
         return typed, pc.fill_null(pc.and_(pc.is_valid(values), pc.invert(is_bool)), False)
     return values, _const(len(col), False)
+
+
+def _arrow_only_numbers(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """Rows Arrow parses as numbers that csv_value does not: hexadecimal integers
+    (0x10), and inf, infinity or nan as floats (all end in a letter or hold an x)."""
+    if pa.types.is_integer(target):
+        odd = pc.match_substring(values, "x", ignore_case=True)
+    else:
+        last = pc.utf8_slice_codeunits(values, -1)
+        odd = pc.is_in(last, value_set=pa.array(list("fFnNyY")))
+    return pc.fill_null(odd, False)
 
 
 # ------------------------------------------------------------------ Parquet

@@ -13,9 +13,8 @@ from typing import IO, Any
 
 import pyarrow.compute as pc
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import best_match
 
-from ..errors import InvalidArgument
 from .checks import Compiled
 from .formats import NotARecord, blocks
 
@@ -33,15 +32,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.failed == 0
-
-
-def check_schema(schema: Any) -> None:
-    """InvalidArgument with the validator's message unless schema is a valid
-    draft 2020-12 schema."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as e:
-        raise InvalidArgument(f"invalid JSON Schema: {e.message}") from None
 
 
 class Validator:
