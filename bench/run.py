@@ -3,8 +3,9 @@
     .venv/bin/python -P bench/run.py [--quick] [--only SECTION[,SECTION]] [--keep]
                                       [--workdir DIR] [--reps N] [--profile]
 
-Sections (in this order): ingest, smallfiles, reads, dedup, rss, and from
-snapshots.py snapshot, diff, snapread, lsR.  Each prints
+Sections (in this order): ingest, smallfiles, reads, dedup, rss, from
+snapshots.py snapshot, diff, snapread, lsR, and from validation.py validate,
+validate1g, rowdiff.  Each prints
 figures with their ratio to a baseline measured in the same run; the table goes
 to stdout, progress to stderr, everything to bench/out/results.json.
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(HERE))  # run with python -P: the helper modules live bes
 
 import baselines  # noqa: E402
 import snapshots  # noqa: E402
+import validation  # noqa: E402
 import workload  # noqa: E402
 from benchlib import (  # noqa: E402
     MB,
@@ -60,7 +62,8 @@ from benchlib import (  # noqa: E402
 )
 from dmsd import PEAK, PYSPY, CpuMeter, Daemon, Spy, summarize_pyspy, warn_log_errors  # noqa: E402
 
-SECTIONS = ["ingest", "smallfiles", "reads", "dedup", "rss", *snapshots.SECTIONS]
+SECTIONS = ["ingest", "smallfiles", "reads", "dedup", "rss", *snapshots.SECTIONS,
+            *validation.SECTIONS]
 OUT = HERE / "out"
 
 
@@ -95,6 +98,7 @@ class Ctx:
     borg_repo: Path | None = None    # a borg repo (root) with archive v1
     restic_repo: Path | None = None  # a restic repo (root) with a snapshot of v1
     snapinfo: dict[str, Any] = field(default_factory=dict)  # snapshots.prepare(): its data
+    valinfo: dict[str, Any] = field(default_factory=dict)   # validation.prepare(): its data
 
     def row(self, *a: Any, **kw: Any) -> Row:
         r = Row(*a, **kw)
@@ -664,8 +668,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="repetitions per cheap figure (default 3, quick 1)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the daemon with py-spy (untimed): an ingest when the "
-                   "ingest section runs, snapshots when the snapshot section runs; summaries "
-                   "in bench/out/")
+                   "ingest section runs, snapshots when the snapshot section runs, validated "
+                   "writes and a row diff for the validation sections; summaries in bench/out/")
     args = p.parse_args(argv)
     if args.only:
         bad = [s for s in args.only.split(",") if s not in SECTIONS]
@@ -698,19 +702,26 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         params = workload.Params.quick() if args.quick else workload.Params.full()
         data = work / ("data-quick" if args.quick else "data")
-        info = workload.prepare(data, params, log)
-        tools = baselines.Tools().ensure()
-        for k, v in tools.why.items():
-            log(f"note: {k}: {v}")
-        results["meta"]["tools"] = tools.versions
-        results["workload"] = {k: v for k, v in info.items() if k != "v2_rewritten"}
+        tools = baselines.Tools()
+        info: dict[str, Any] = {}
+        if not set(wanted) <= set(validation.SECTIONS):  # those need neither
+            info = workload.prepare(data, params, log)
+            tools.ensure()
+            for k, v in tools.why.items():
+                log(f"note: {k}: {v}")
+            results["meta"]["tools"] = tools.versions
+            results["workload"] = {k: v for k, v in info.items() if k != "v2_rewritten"}
         ctx = Ctx(args, work, data, info, tools, reps)
         if set(wanted) & set(snapshots.SECTIONS):
             ctx.snapinfo = snapshots.prepare(work, args.quick)
+        if set(wanted) & set(validation.SECTIONS):
+            ctx.valinfo = validation.prepare(work, args.quick)
+            results["validation_data"] = ctx.valinfo
         funcs = {"ingest": sec_ingest, "smallfiles": sec_smallfiles, "reads": sec_reads,
                  "dedup": sec_dedup, "rss": sec_rss, "snapshot": snapshots.sec_snapshot,
                  "diff": snapshots.sec_diff, "snapread": snapshots.sec_snapread,
-                 "lsR": snapshots.sec_lsR}
+                 "lsR": snapshots.sec_lsR, "validate": validation.sec_validate,
+                 "validate1g": validation.sec_validate1g, "rowdiff": validation.sec_rowdiff}
         for name in SECTIONS:
             if name not in wanted:
                 continue
@@ -742,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
             profile_ingest(ctx)
         if args.profile:
             snapshots.profile(ctx, OUT, wanted)
+            validation.profile(ctx, OUT, wanted)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")

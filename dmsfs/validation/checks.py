@@ -367,4 +367,5 @@ def _items_suspects(col: pa.Array, inner: list[Check]) -> pa.Array:
     for check in inner:
         bad = pc.or_(bad, check(values))
     rows = pc.filter(parents, bad).cast(pa.int64())
-    return pc.is_in(pa.array(range(len(col)), pa.int64()), value_set=rows)
+    every = pc.indices_nonzero(_all(col)).cast(pa.int64())
+    return pc.is_in(every, value_set=rows)

@@ -43,6 +43,15 @@ class Block:
     batch: pa.RecordBatch
     record: Callable[[int], tuple[int, Any]]   # row -> (record number, record)
     suspects: pa.Array | None = None           # rows the conversion already doubts
+    # work left to make `batch` and `suspects` (CSV type conversion), which the
+    # validator runs beside the reading of the next block
+    finish: Callable[[Block], None] | None = None
+
+    def ready(self) -> Block:
+        if self.finish is not None:
+            self.finish(self)
+            self.finish = None
+        return self
 
 
 def blocks(f: IO[bytes], fmt: str, schema: Any) -> Iterator[Block]:
@@ -170,20 +179,22 @@ def _csv_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
             column_types={n: pa.string() for n in names}, strings_can_be_null=False,
             quoted_strings_can_be_null=False))
     row = 0
-    for raw in reader:
-        columns, doubts = {}, _const(raw.num_rows, False)
+
+    def convert(block: Block) -> None:
+        raw, columns, doubts = block.batch, {}, _const(block.batch.num_rows, False)
         for name in raw.schema.names:
             col, doubt = _convert(raw.column(name), types.get(name, set()))
             columns[name] = col
             doubts = pc.or_(doubts, doubt)
-        batch = pa.RecordBatch.from_pydict(columns)
+        block.batch, block.suspects = pa.RecordBatch.from_pydict(columns), doubts
 
+    for raw in reader:
         def record(i: int, raw: pa.RecordBatch = raw, first: int = row) -> tuple[int, Any]:
             cells = raw.slice(i, 1).to_pylist()[0]
             return first + i + 1, {k: csv_value(v, types.get(k, set()))
                                    for k, v in cells.items()}
 
-        yield Block(batch, record, doubts)
+        yield Block(raw, record, finish=convert)
         row += raw.num_rows
 
 
@@ -220,10 +231,12 @@ def _arrow_only_numbers(values: pa.Array, target: pa.DataType) -> pa.Array:
     """Rows Arrow parses as numbers that csv_value does not: hexadecimal integers
     (0x10), and inf, infinity or nan as floats (all end in a letter or hold an x)."""
     if pa.types.is_integer(target):
-        odd = pc.match_substring(values, "x", ignore_case=True)
+        prefixes, test = ("0x", "0X", "-0x", "-0X"), pc.starts_with
     else:
-        last = pc.utf8_slice_codeunits(values, -1)
-        odd = pc.is_in(last, value_set=pa.array(list("fFnNyY")))
+        prefixes, test = tuple("fFnNyY"), pc.ends_with
+    odd = test(values, prefixes[0])
+    for p in prefixes[1:]:
+        odd = pc.or_(odd, test(values, p))
     return pc.fill_null(odd, False)
 
 

@@ -8,6 +8,8 @@ valid data never pays for a Python call per row.
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -16,7 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from .checks import Compiled
-from .formats import NotARecord, blocks
+from .formats import Block, NotARecord, blocks
 
 
 @dataclass
@@ -44,21 +46,40 @@ class Validator:
         self.compiled = Compiled(schema)
 
     def validate(self, f: IO[bytes], fmt: str) -> Verdict:
-        """The verdict on a whole file (blocking: run it in a worker thread)."""
+        """The verdict on a whole file (blocking: run it in a worker thread).
+
+        While this thread reads and parses a block, a helper thread converts and
+        checks the one before (Arrow releases the GIL: two cores work)."""
         verdict = Verdict()
         try:
-            for block in blocks(f, fmt, self.schema):
-                verdict.records += block.batch.num_rows
-                marks = self.compiled.suspects(block.batch)
-                if block.suspects is not None:
-                    marks = pc.or_(marks, block.suspects)
-                for i in pc.indices_nonzero(marks).to_pylist():
-                    self._judge(block.record, i, verdict)
+            with ThreadPoolExecutor(1) as pool:
+                pending: deque[tuple[Block, Future[list[int]]]] = deque()
+                for block in blocks(f, fmt, self.schema):
+                    pending.append((block, pool.submit(self._suspects, block)))
+                    if len(pending) > 1:
+                        self._judge_block(*pending.popleft(), verdict)
+                while pending:
+                    self._judge_block(*pending.popleft(), verdict)
         except (ValueError, UnicodeDecodeError) as e:  # not JSON, CSV or Parquet at all
             if verdict.first is None:
                 verdict.first, verdict.message = verdict.records + 1, f"unreadable: {e}"
             verdict.failed += 1
         return verdict
+
+    def _suspects(self, block: Block) -> list[int]:
+        """Rows of a block that jsonschema must judge."""
+        block.ready()
+        marks = self.compiled.suspects(block.batch)
+        if block.suspects is not None:
+            marks = pc.or_(marks, block.suspects)
+        return pc.indices_nonzero(marks).to_pylist()
+
+    def _judge_block(self, block: Block, suspects: Future[list[int]], verdict: Verdict
+                     ) -> None:
+        rows = suspects.result()
+        verdict.records += block.batch.num_rows
+        for i in rows:
+            self._judge(block.record, i, verdict)
 
     def _judge(self, record_of: Any, row: int, verdict: Verdict) -> None:
         try:
