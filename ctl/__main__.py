@@ -136,8 +136,9 @@ def _version_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--key", metavar="COL[,COL]", help="with --rows: match rows by these "
                     "columns (default: by whole-row content, so a change is a removed row "
                     "and an added one)")
-    sp.add_argument("--limit", metavar="N", type=_count, help="with --rows: list at most N "
-                    "rows of each kind per file (default 20; the counts are exact)")
+    sp.add_argument("--limit", metavar="N", type=_count_or_zero, help="with --rows: list at "
+                    "most N rows of each kind per file (default 20; 0 for counts only; the "
+                    "counts are exact)")
     sp = add("export", commands.export, "write a version as OUT.tar, OUT.tar.zst, OUT.zip or "
              "into the new or empty directory OUT/",
              "dmsctl export mydata@v3 mydata-v3.tar.zst", "dmsctl export mydata@gold ./gold/")
@@ -209,6 +210,11 @@ def _count(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return n
+
+
+def _count_or_zero(text: str) -> int:
+    """argparse type for a non-negative integer."""
+    return 0 if text.strip() == "0" else _count(text)
 
 
 def main(argv: list[str] | None = None) -> int:

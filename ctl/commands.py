@@ -9,7 +9,7 @@ import pwd
 from typing import Any
 
 from dmsfs.client import Client
-from dmsfs.errors import UsageError
+from dmsfs.errors import DmsfsError, UsageError
 from dmsfs.sizes import format_size
 
 from .export import output_kind, progress, write
@@ -115,10 +115,14 @@ def diff(client: Client, args: argparse.Namespace) -> int:
     d = client.diff(args.a, args.b, schema=args.schema, rows=args.rows, key=args.key,
                     limit=args.limit)
     parts = []
-    if args.schema:
-        parts.append(_schema_diff_text(d["schema"]))
-    if args.rows:
-        parts.append(_rows_diff_text(d["rows"]))
+    for wanted, key, render in ((args.schema, "schema", _schema_diff_text),
+                                (args.rows, "rows", _rows_diff_text)):
+        if not wanted:
+            continue
+        if not isinstance(d.get(key), dict):
+            raise DmsfsError(f"the daemon did not answer diff --{key} (is it older than "
+                             "this dmsctl?)")
+        parts.append(render(d[key]))
     _emit(args, d, "\n\n".join(parts) if parts else _diff_text(d))
     return 0
 
@@ -143,9 +147,12 @@ def _schema_diff_text(s: dict[str, Any]) -> str:
     def j(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
-    lines = [f"+ {c['pointer']} {j(c['schema'])}" for c in s["added"]]
-    lines += [f"- {c['pointer']} {j(c['schema'])}" for c in s["removed"]]
-    lines += [f"~ {c['pointer']} {c['what']}: {j(c['old'])} -> {j(c['new'])}"
+    def at(pointer: str) -> str:
+        return pointer if pointer not in ("", "/") else "(root)"
+
+    lines = [f"+ {at(c['pointer'])} {j(c['schema'])}" for c in s["added"]]
+    lines += [f"- {at(c['pointer'])} {j(c['schema'])}" for c in s["removed"]]
+    lines += [f"~ {at(c['pointer'])} {c['what']}: {j(c['old'])} -> {j(c['new'])}"
               for c in s["changed"]]
     counts = ", ".join(f"{len(s[k])} {k}" for k in ("added", "removed", "changed"))
     return "\n".join([*lines, f"{version(s['a_version'])} -> {version(s['b_version'])}: "
@@ -154,8 +161,8 @@ def _schema_diff_text(s: dict[str, Any]) -> str:
 
 def _rows_diff_text(r: dict[str, Any]) -> str:
     """Per tabular file: its counts, then its rows (+ added, - removed, ~ changed)."""
-    def j(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    def j(value: Any) -> str:   # columns in the file's order
+        return json.dumps(value, ensure_ascii=False)
 
     out = []
     for f in r["files"]:
@@ -172,8 +179,9 @@ def _rows_diff_text(r: dict[str, Any]) -> str:
         if shown < total:
             out.append(f"  ... {total - shown} more rows not listed (--limit)")
     key = r.get("key")
-    out.append(f"{len(r['files'])} tabular files differ; rows matched "
-               + (f"by key {', '.join(key)}" if key else "by whole-row content"))
+    differ = sum(1 for f in r["files"] if f["added"] or f["removed"] or f["changed"])
+    out.append(f"{len(r['files'])} tabular files compared, {differ} with row changes; rows "
+               "matched " + (f"by key {', '.join(key)}" if key else "by whole-row content"))
     return "\n".join(out)
 
 

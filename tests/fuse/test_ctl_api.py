@@ -40,6 +40,9 @@ ROUTES = {
     ("PUT", "/v1/datasets/{ds}/tags/{tag}"), ("DELETE", "/v1/datasets/{ds}/tags/{tag}"),
     ("GET", "/v1/diff"), ("GET", "/v1/datasets/{ds}/versions/{spec}/export"),
     ("POST", "/v1/datasets/{ds}/restore"),
+    ("POST", "/v1/datasets"), ("PUT", "/v1/datasets/{ds}/schema"),
+    ("GET", "/v1/datasets/{ds}/schema"), ("GET", "/v1/datasets/{ds}/schemas"),
+    ("GET", "/v1/datasets/{ds}/rejects"),
 }
 VERSION_LINE = re.compile(r"v(\d+) ([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
                           r"[0-9a-f]{12})\n")
@@ -187,7 +190,7 @@ def test_stopped_daemon_is_one_line_and_exit_2(daemon: Any) -> None:
 def test_help_of_every_command() -> None:
     sub = next(a for a in _parser()._actions if isinstance(a.choices, dict))
     assert {"snapshot", "versions", "tag", "untag", "diff", "export", "restore",
-            "whoami"} <= set(sub.choices)
+            "whoami", "schema", "dataset", "rejects"} <= set(sub.choices)
     for name in sub.choices:
         r = subprocess.run([DMSCTL, name, "--help"], capture_output=True, text=True)
         assert r.returncode == 0, (name, r.stderr)
