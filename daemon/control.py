@@ -319,6 +319,8 @@ def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
               description="The same as mkdir at the mount's top level, plus the schema.")
     async def create_dataset(body: DatasetRequest, request: Request) -> dict[str, Any]:
         who = caller(request)
+        if body.schema_ is not None:
+            schemas.check(body.schema_, body.globs)  # refuse before anything is made
         await vfs.create_dataset(body.name, who.uid, who.gid)
         if body.schema_ is None:
             return {"dataset": body.name, "schema": None}
@@ -342,6 +344,7 @@ def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
     @app.get("/v1/datasets/{ds}/schemas", summary="Every version of a dataset's schema",
              description="Oldest first.")
     async def schema_history(ds: str) -> dict[str, Any]:
+        vfs.dataset_ino(ds)
         return {"schemas": [s.to_json() for s in schemas.history(ds)]}
 
     @app.get("/v1/datasets/{ds}/rejects", summary="Recent writes refused by the schema",

@@ -31,6 +31,7 @@ from .errors import InvalidArgument
 from .tree import TreeEntry
 from .validation.fileformat import format_of
 
+JSON_TEXT = b"dmsfs.json_text"   # field metadata: values are JSON text (mixed types)
 SEP = "\x1f"        # between a row's values in its fingerprint
 NULL = "\x00"
 
@@ -38,14 +39,46 @@ NULL = "\x00"
 def read_table(f: IO[bytes], fmt: str) -> pa.Table:
     """A whole tabular file as an Arrow table (types inferred)."""
     if fmt == "csv":
-        return pacsv.read_csv(f)
-    if fmt == "jsonl":
-        data = b"\n".join(line for line in f.read().split(b"\n") if line.strip())
-        return pajson.read_json(io.BytesIO(data)) if data else pa.table({})
+        return pacsv.read_csv(f, parse_options=pacsv.ParseOptions(newlines_in_values=True))
     if fmt == "parquet":
         return pq.read_table(f)
+    if fmt == "jsonl":
+        lines = [line for line in f.read().split(b"\n") if line.strip()]
+        try:
+            return pajson.read_json(io.BytesIO(b"\n".join(lines))) if lines else pa.table({})
+        except pa.ArrowInvalid:  # a column of mixed types: its values as JSON text
+            return table_of_records([json.loads(line) for line in lines])
     doc = json.load(f)
-    return pa.Table.from_pylist(doc if isinstance(doc, list) else [doc])
+    return table_of_records(doc if isinstance(doc, list) else [doc])
+
+
+def table_of_records(records: list[Any]) -> pa.Table:
+    """Records as a table with a column for every key of any record; a column whose
+    values Arrow cannot hold in one type has them as JSON text."""
+    rows = [r if isinstance(r, dict) else {"value": r} for r in records]
+    fields, arrays = [], []
+    for k in dict.fromkeys(k for r in rows for k in r):
+        values = [r.get(k) for r in rows]
+        try:
+            arrays.append(pa.array(values))
+            fields.append(pa.field(k, arrays[-1].type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrays.append(pa.array([None if v is None else json.dumps(v) for v in values]))
+            fields.append(pa.field(k, pa.string(), metadata={JSON_TEXT: b"1"}))
+    if not fields:
+        return pa.table({"value": pa.nulls(len(rows))})
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def rows_of(table: pa.Table, indices: Any) -> list[dict[str, Any]]:
+    """Rows as records, values of JSON-text columns decoded again."""
+    rows = table.take(indices).to_pylist()
+    texts = [f.name for f in table.schema if f.metadata and JSON_TEXT in f.metadata]
+    for row in rows:
+        for name in texts:
+            if row[name] is not None:
+                row[name] = json.loads(row[name])
+    return rows
 
 
 @dataclass
@@ -65,14 +98,15 @@ class RowDiff:
 
 def one_side(table: pa.Table, added: bool, limit: int) -> RowDiff:
     """A file present on one side only: all its rows added (or removed)."""
-    rows = table.slice(0, limit).to_pylist()
+    rows = rows_of(table, row_numbers(min(limit, table.num_rows)))
     n = table.num_rows
     return RowDiff(n if added else 0, 0 if added else n, 0, rows if added else [],
                    [] if added else rows, [])
 
 
 def row_diff(old: pa.Table, new: pa.Table, key: list[str] | None, limit: int) -> RowDiff:
-    old, new = _common_columns(old, new)
+    """Rows are compared in comparable form (_common_columns) and listed as the files
+    have them."""
     if key:
         missing = [k for k in key if k not in old.column_names or k not in new.column_names]
         if missing:
@@ -83,7 +117,8 @@ def row_diff(old: pa.Table, new: pa.Table, key: list[str] | None, limit: int) ->
 
 def _common_columns(old: pa.Table, new: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Both tables with the union of their columns (missing ones null), and a column
-    whose type differs between them as strings on both sides."""
+    whose type differs between them as text tagged with the type, so 1 and "1"
+    differ."""
     names = list(dict.fromkeys(old.column_names + new.column_names))
     cols_a, cols_b = [], []
     for name in names:
@@ -92,7 +127,7 @@ def _common_columns(old: pa.Table, new: pa.Table) -> tuple[pa.Table, pa.Table]:
         a = a if a is not None else pa.nulls(old.num_rows, b.type if b is not None else None)
         b = b if b is not None else pa.nulls(new.num_rows, a.type)
         if a.type != b.type:
-            a, b = _as_text(a), _as_text(b)
+            a, b = _tagged(a), _tagged(b)
         cols_a.append(a)
         cols_b.append(b)
     return pa.table(cols_a, names=names), pa.table(cols_b, names=names)
@@ -107,6 +142,10 @@ def _as_text(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return pc.cast(col, pa.string())
 
 
+def _tagged(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return pc.binary_join_element_wise(f"{col.type}:", _as_text(col), "")
+
+
 def _fingerprint(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     """One string per row standing for all its values (null distinct from "")."""
     parts = [pc.fill_null(_as_text(table.column(n)), NULL) for n in table.column_names]
@@ -117,7 +156,7 @@ def _fingerprint(table: pa.Table) -> pa.ChunkedArray | pa.Array:
 
 def _multiset(old: pa.Table, new: pa.Table, limit: int) -> RowDiff:
     counts = []
-    for side, table in (("a", old), ("b", new)):
+    for side, table in zip(("a", "b"), _common_columns(old, new), strict=True):
         fp = pa.table({"fp": _fingerprint(table), "row": row_numbers(table.num_rows)})
         counts.append(fp.group_by("fp").aggregate([("row", "count"), ("row", "min")])
                       .rename_columns(["fp", f"n_{side}", f"row_{side}"]))
@@ -128,14 +167,26 @@ def _multiset(old: pa.Table, new: pa.Table, limit: int) -> RowDiff:
     added_mask, removed_mask = pc.greater(more, 0), pc.less(more, 0)
     added = pc.sum(pc.filter(more, added_mask)).as_py() or 0
     removed = -(pc.sum(pc.filter(more, removed_mask)).as_py() or 0)
-    added_rows = new.take(_first(pc.filter(joined["row_b"], added_mask), limit)).to_pylist()
-    removed_rows = old.take(_first(pc.filter(joined["row_a"], removed_mask), limit)).to_pylist()
+    added_rows = _repeated(new, joined["row_b"], more, added_mask, limit)
+    removed_rows = _repeated(old, joined["row_a"], pc.negate(more), removed_mask, limit)
     return RowDiff(added, removed, 0, added_rows, removed_rows, [])
 
 
+def _repeated(table: pa.Table, rows: pa.ChunkedArray, times: pa.ChunkedArray,
+              mask: pa.ChunkedArray, limit: int) -> list[dict[str, Any]]:
+    """Each surplus row as many times as it is surplus, in file order, up to limit."""
+    picked = pa.table({"row": pc.filter(rows, mask), "n": pc.filter(times, mask)}
+                      ).sort_by("row").slice(0, limit)
+    out: list[int] = []
+    for row, n in zip(picked["row"].to_pylist(), picked["n"].to_pylist(), strict=True):
+        out += [row] * min(n, limit - len(out))
+    return rows_of(table, pa.array(out, pa.int64()))
+
+
 def _keyed(old: pa.Table, new: pa.Table, key: list[str], limit: int) -> RowDiff:
-    a = old.append_column("__row_a", row_numbers(old.num_rows))
-    b = new.append_column("__row_b", row_numbers(new.num_rows))
+    ca, cb = _common_columns(old, new)
+    a = ca.append_column("__row_a", row_numbers(old.num_rows))
+    b = cb.append_column("__row_b", row_numbers(new.num_rows))
     keys_a = a.select([*key, "__row_a"])
     keys_b = b.select([*key, "__row_b"])
     joined = keys_a.join(keys_b, key, join_type="full outer")
@@ -147,8 +198,8 @@ def _keyed(old: pa.Table, new: pa.Table, key: list[str], limit: int) -> RowDiff:
     # pairs in the new file's row order (a join's output order is not defined)
     pairs = pa.table({"a": pc.filter(ra, both), "b": pc.filter(rb, both)}).sort_by("b")
     pa_idx, pb_idx = pairs["a"], pairs["b"]
-    left, right = old.take(pa_idx), new.take(pb_idx)
-    values = [n for n in old.column_names if n not in key]
+    left, right = ca.take(pa_idx), cb.take(pb_idx)
+    values = [n for n in ca.column_names if n not in key]
     differs = {n: _differs(left[n], right[n]) for n in values}
     any_diff = pc.fill_null(pa.nulls(len(pa_idx), pa.bool_()), False)
     for mask in differs.values():
@@ -157,15 +208,15 @@ def _keyed(old: pa.Table, new: pa.Table, key: list[str], limit: int) -> RowDiff:
     changed_rows = []
     shown = changed_at.slice(0, limit).to_pylist()
     if shown:
-        l_rows = left.take(shown).to_pylist()
-        r_rows = right.take(shown).to_pylist()
+        l_rows = rows_of(old, pc.take(pa_idx, pa.array(shown)))
+        r_rows = rows_of(new, pc.take(pb_idx, pa.array(shown)))
         for i, lr, rr in zip(shown, l_rows, r_rows, strict=True):
             changed_rows.append({"key": {k: lr[k] for k in key},
                                  "columns": [n for n in values if differs[n][i].as_py()],
                                  "old": lr, "new": rr})
     return RowDiff(len(added_idx), len(removed_idx), len(changed_at),
-                   new.take(_first(added_idx, limit)).to_pylist(),
-                   old.take(_first(removed_idx, limit)).to_pylist(), changed_rows)
+                   rows_of(new, _first(added_idx, limit)),
+                   rows_of(old, _first(removed_idx, limit)), changed_rows)
 
 
 def row_numbers(n: int) -> pa.Array:

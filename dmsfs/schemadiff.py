@@ -27,7 +27,7 @@ def _compare(old: dict[str, Any], new: dict[str, Any], ptr: str,
              out: dict[str, list[dict[str, Any]]]) -> None:
     for keyword in sorted((old.keys() | new.keys()) - set(NESTED)):
         if old.get(keyword) != new.get(keyword) or (keyword in old) != (keyword in new):
-            out["changed"].append({"pointer": ptr or "/", "what": keyword,
+            out["changed"].append({"pointer": ptr, "what": keyword,
                                    "old": old.get(keyword), "new": new.get(keyword)})
     old_props, new_props = old.get("properties", {}), new.get("properties", {})
     old_req, new_req = set(old.get("required", [])), set(new.get("required", []))
@@ -52,7 +52,7 @@ def _compare(old: dict[str, Any], new: dict[str, Any], ptr: str,
         if isinstance(a, dict) and isinstance(b, dict):
             _compare(a, b, f"{ptr}/items", out)
         elif a != b:
-            out["changed"].append({"pointer": ptr or "/", "what": "items", "old": a, "new": b})
+            out["changed"].append({"pointer": ptr, "what": "items", "old": a, "new": b})
 
 
 def _escape(name: str) -> str:

@@ -103,6 +103,15 @@ class Schemas:
         self.read_only = read_only
         self._current: dict[str, SchemaVersion | None] = {}
 
+    @staticmethod
+    def check(schema: Any, globs: list[str] | None) -> list[str]:
+        """The globs to use; InvalidArgument if the schema or a glob is invalid."""
+        check_schema(schema)
+        globs = globs or DEFAULT_GLOBS
+        if not all(isinstance(g, str) and g for g in globs):
+            raise InvalidArgument("globs must be non-empty strings")
+        return globs
+
     def history(self, dataset: str) -> list[SchemaVersion]:
         """Every schema version of a dataset, oldest first."""
         with self.index.read() as t:
@@ -128,10 +137,7 @@ class Schemas:
         schema is not a valid draft 2020-12 schema)."""
         if self.read_only:
             raise ReadOnly("this daemon serves the store read-only")
-        check_schema(schema)
-        globs = globs or DEFAULT_GLOBS
-        if not all(isinstance(g, str) and g for g in globs):
-            raise InvalidArgument("globs must be non-empty strings")
+        globs = self.check(schema, globs)
         last = self.history(dataset)
         version = SchemaVersion(dataset, (last[-1].number if last else 0) + 1, schema, globs,
                                 time.time_ns(), uid, user_name(uid))

@@ -758,30 +758,54 @@ class Vfs:
 
     async def _validate_rename(self, old_parent: int, old: bytes, new_parent: int,
                                new: bytes, uid: int) -> None:
-        """Validate a file that a rename gives a name the schema applies to (and
-        that its old name did not)."""
+        """Validate the files a rename gives names the schema applies to (and that
+        their old names did not): the file renamed, or, for a directory and globs
+        with a /, the files below it."""
         with self.index.read() as t:
             ino = t.lookup(old_parent, old)
             inode = t.get_inode(ino) if ino is not None else None
-            if inode is None or not stat.S_ISREG(inode.mode):
-                return
-            content = ChunkList(t.get_content(ino))
-        self._names.setdefault(ino, (old_parent, old))
-        before = self._path_in_dataset(ino)
         parent_where = self._path_in_dataset(new_parent) if new_parent in self._names else None
-        if parent_where is None:
+        if inode is None or parent_where is None:
             return
+        self._names.setdefault(inode.ino, (old_parent, old))
+        before = self._path_in_dataset(inode.ino)
         dataset, dir_path = parent_where
-        new_path = f"{dir_path}/{new.decode(errors='surrogateescape')}".lstrip("/")
-        rule = self._schema_rule(ino, (dataset, new_path))
-        if rule is None or (before is not None and self._schema_rule(ino, before)):
+        version = self.repo.schemas.current(dataset)
+        if version is None or (stat.S_ISDIR(inode.mode)
+                               and not any("/" in g for g in version.globs)):
             return
-        verdict = await self._validate(content, rule)
-        if not verdict.ok:
-            self.repo.schemas.reject(dataset, new_path, uid, rule.version, verdict)
-            raise SchemaRejected(f"{dataset}/{new_path} does not match schema version "
-                                 f"{rule.version.number}: record {verdict.first}: "
-                                 f"{verdict.message}")
+        after = f"{dir_path}/{new.decode(errors='surrogateescape')}".lstrip("/")
+        for rel, content in self._files_below(inode):
+            old_path = f"{before[1]}/{rel}".strip("/") if before else None
+            new_path = f"{after}/{rel}".strip("/")
+            rule = self._schema_rule(0, (dataset, new_path))
+            if rule is None or (old_path is not None and self._schema_rule(0, (dataset,
+                                                                               old_path))):
+                continue
+            verdict = await self._validate(content, rule)
+            if not verdict.ok:
+                self.repo.schemas.reject(dataset, new_path, uid, rule.version, verdict)
+                raise SchemaRejected(f"{dataset}/{new_path} does not match schema version "
+                                     f"{rule.version.number}: record {verdict.first}: "
+                                     f"{verdict.message}")
+
+    def _files_below(self, inode: Inode) -> list[tuple[str, ChunkList]]:
+        """(path relative to inode, content) of inode itself if a file, or of every
+        file below it if a directory."""
+        out: list[tuple[str, ChunkList]] = []
+        with self.index.read() as t:
+            todo = [(inode, "")]
+            while todo:
+                node, rel = todo.pop()
+                if stat.S_ISREG(node.mode):
+                    out.append((rel, ChunkList(t.get_content(node.ino))))
+                elif stat.S_ISDIR(node.mode):
+                    for _, name, child in t.iter_entries(node.ino):
+                        sub = t.get_inode(child)
+                        if sub is not None:
+                            todo.append((sub, f"{rel}/{name.decode(errors='surrogateescape')}"
+                                         .lstrip("/")))
+        return out
 
     # ------------------------------------------------------------ versions
     async def _versions_changed(self, dataset: str, names: list[bytes]) -> None:

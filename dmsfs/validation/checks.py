@@ -73,10 +73,29 @@ class Compiled:
             return _const(n, True)
         for name, checks in self.columns.items():
             if name in names:
-                col = batch.column(name)
+                col, doubt = _comparable(batch.column(name))
+                if doubt is not None:
+                    marks = pc.or_(marks, doubt)
                 for check in checks:
                     marks = pc.or_(marks, check(col))
         return marks
+
+
+def _comparable(col: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """A column in the types the checks compare exactly, and rows they cannot:
+    floats as float64 (a float32 0.1 is not 0.1), and |x| >= 2**53 suspect (an
+    integer may have been rounded into that float); uint64 beyond int64 suspect;
+    dates and times suspect (JSON has them only as strings, which Arrow parsed)."""
+    t = col.type
+    if pa.types.is_floating(t):
+        col = col.cast(pa.float64()) if t != pa.float64() else col
+        return col, _fill(pc.greater_equal(pc.abs(col), float(EXACT_FLOAT)))
+    if pa.types.is_unsigned_integer(t) and t.bit_width == 64:
+        big = _fill(pc.greater(col, pa.scalar(2 ** 63 - 1, pa.uint64())))
+        return pc.cast(pc.if_else(big, pa.scalar(0, pa.uint64()), col), pa.int64()), big
+    if pa.types.is_temporal(t):
+        return col, pc.is_valid(col)
+    return col, None
 
 
 def _compilable_object(schema: Any) -> bool:

@@ -69,16 +69,24 @@ def blocks(f: IO[bytes], fmt: str, schema: Any) -> Iterator[Block]:
 def _json_blocks(f: IO[bytes]) -> Iterator[Block]:
     doc = json.load(f)
     records = doc if isinstance(doc, list) else [doc]
-    try:
-        batch = pa.RecordBatch.from_pylist(records) if all(
-            isinstance(r, dict) for r in records) else None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        batch = None
+    batch = batch_of_records(records) if all(isinstance(r, dict) for r in records) else None
     if batch is None or batch.num_rows != len(records):  # left to jsonschema, row by row
         batch = pa.RecordBatch.from_pydict({"_": pa.nulls(len(records))})
         yield Block(batch, lambda i: (i + 1, records[i]), _const(len(records), True))
         return
     yield Block(batch, lambda i: (i + 1, records[i]))
+
+
+def batch_of_records(records: list[dict[str, Any]]) -> pa.RecordBatch | None:
+    """Records as a batch with a column for every key of any record (a missing key
+    is null, which the checks treat as suspect); None if a column mixes types."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    try:
+        return pa.RecordBatch.from_pydict({k: pa.array([r.get(k) for r in records])
+                                           for k in keys}) if keys else \
+            pa.RecordBatch.from_pydict({"_": pa.nulls(len(records))})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
 
 
 # ------------------------------------------------------------------ JSONL
@@ -165,7 +173,11 @@ def csv_value(s: str, types: set[str]) -> Any:
 def _csv_header(f: IO[bytes]) -> list[str]:
     head = f.read(1 << 20)
     f.seek(0)
-    row = next(csv.reader(io.StringIO(head.decode("utf-8", errors="replace"))), [])
+    # utf-8-sig: a byte-order mark is not part of the first name (Arrow skips it too)
+    row = next(csv.reader(io.StringIO(head.decode("utf-8-sig", errors="replace"))), [])
+    repeated = sorted({n for n in row if row.count(n) > 1})
+    if repeated:
+        raise ValueError(f"the CSV header repeats column {repeated[0]!r}")
     return row
 
 
@@ -175,6 +187,7 @@ def _csv_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
         return
     reader = pacsv.open_csv(
         f, read_options=pacsv.ReadOptions(block_size=BLOCK),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types={n: pa.string() for n in names}, strings_can_be_null=False,
             quoted_strings_can_be_null=False))
@@ -229,14 +242,12 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
 
 def _arrow_only_numbers(values: pa.Array, target: pa.DataType) -> pa.Array:
     """Rows Arrow parses as numbers that csv_value does not: hexadecimal integers
-    (0x10), and inf, infinity or nan as floats (all end in a letter or hold an x)."""
+    (0x10), and inf, infinity, nan or nan(...) as floats (all hold an n)."""
     if pa.types.is_integer(target):
-        prefixes, test = ("0x", "0X", "-0x", "-0X"), pc.starts_with
+        odd = pc.or_(pc.starts_with(values, "0x"), pc.starts_with(values, "0X"))
+        odd = pc.or_(odd, pc.or_(pc.starts_with(values, "-0x"), pc.starts_with(values, "-0X")))
     else:
-        prefixes, test = tuple("fFnNyY"), pc.ends_with
-    odd = test(values, prefixes[0])
-    for p in prefixes[1:]:
-        odd = pc.or_(odd, test(values, p))
+        odd = pc.or_(pc.match_substring(values, "n"), pc.match_substring(values, "N"))
     return pc.fill_null(odd, False)
 
 

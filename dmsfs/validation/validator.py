@@ -60,7 +60,8 @@ class Validator:
                         self._judge_block(*pending.popleft(), verdict)
                 while pending:
                     self._judge_block(*pending.popleft(), verdict)
-        except (ValueError, UnicodeDecodeError) as e:  # not JSON, CSV or Parquet at all
+        except Exception as e:  # noqa: BLE001 -- any file the readers cannot take is refused
+            # (not JSON, CSV or Parquet at all, or shaped in a way the readers refuse)
             if verdict.first is None:
                 verdict.first, verdict.message = verdict.records + 1, f"unreadable: {e}"
             verdict.failed += 1
