@@ -7,7 +7,6 @@ leave everything closed in the store.  After every crash fsck --read-data is cle
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -25,20 +24,13 @@ from dmsfs.chunkstore import pack_key
 from dmsfs.client import Client
 from dmsfs.staging import StagingFile
 from dmsfs.store.local import LocalStore
+from trees import file_sha, sha
 
 KiB = 1024
 MiB = 1024 * KiB
 
 
 # ------------------------------------------------------------------ helpers
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    return sha(path.read_bytes())
-
-
 def write_files(root: Path, count: int, seed: int, max_size: int = 20 * KiB
                 ) -> dict[str, str]:
     """count closed files of random sizes (some empty, some duplicates): name -> sha256."""

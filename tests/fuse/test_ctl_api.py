@@ -30,6 +30,7 @@ from dmsfs.daemon import control
 from dmsfs.client import Client
 from dmsfs.errors import DmsfsError, UsageError
 from dmsfs.tree import TreeEntry
+from trees import VERSION_LINE
 
 DMSCTL = str(Path(sys.executable).parent / "dmsctl")
 NOBODY = 65534
@@ -44,8 +45,6 @@ ROUTES = {
     ("GET", "/v1/datasets/{ds}/schema"), ("GET", "/v1/datasets/{ds}/schemas"),
     ("GET", "/v1/datasets/{ds}/rejects"),
 }
-VERSION_LINE = re.compile(r"v(\d+) ([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
-                          r"[0-9a-f]{12})\n")
 
 # relative path -> ("f", sha256) | ("l", target) | ("d", None)
 Files = dict[str, tuple[str, str | None]]

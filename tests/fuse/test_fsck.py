@@ -6,7 +6,6 @@ own indexes, and the statistics dmsctl reports.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import mmap
 import os
@@ -20,6 +19,7 @@ import pytest
 
 from dmsfs.chunker import Chunker, ChunkerParams
 from dmsfs.codec import FOOTER, PackEntry, chunk_id, decode_pack_footer, decode_pack_index
+from trees import sha
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -27,10 +27,6 @@ SMALL = ChunkerParams(4 * KiB, 16 * KiB, 64 * KiB)  # conftest's SMALL_CHUNKS
 
 
 # ------------------------------------------------------------------ helpers
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def packs(daemon: Any) -> dict[str, Path]:
     """Pack objects in the store by key."""
     root = daemon.store / "packs"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import os
 import random
 import stat
@@ -22,20 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trees import file_sha, sha
 
 KiB = 1024
 MiB = 1024 * KiB
 
 
 # ------------------------------------------------------------------ helpers
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    return sha(path.read_bytes())
-
-
 def remount(daemon: Any) -> None:
     assert daemon.stop() == 0
     daemon.start()

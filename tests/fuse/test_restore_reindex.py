@@ -8,7 +8,6 @@ symlink targets and user.* extended attributes, by relative path.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -18,54 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trees import State, VERSION_LINE, file_sha, sha, tree_state
 
 KiB = 1024
 MiB = 1024 * KiB
-VERSION_LINE = re.compile(r"v(\d+) ([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
-                          r"[0-9a-f]{12})\n")
 
-State = dict[str, tuple[Any, ...]]
 
 
 # ------------------------------------------------------------------ helpers
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha(path: Path | str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def user_xattrs(path: str) -> dict[str, bytes]:
-    return {name: os.getxattr(path, name, follow_symlinks=False)
-            for name in sorted(os.listxattr(path, follow_symlinks=False))
-            if name.startswith("user.")}
-
-
-def tree_state(root: Path, *, mtime: bool = False) -> State:
-    """Everything below root, by relative path: files ("f", sha256, mode, uid, gid,
-    xattrs[, mtime_ns]), directories ("d", mode, uid, gid, xattrs), symlinks
-    ("l", target)."""
-    out: State = {}
-    for dirpath, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted([*dirs, *files]):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("l", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                            user_xattrs(path))
-            else:
-                out[rel] = ("f", file_sha(path), stat.S_IMODE(st.st_mode), st.st_uid,
-                            st.st_gid, user_xattrs(path),
-                            *((st.st_mtime_ns,) if mtime else ()))
-    return out
-
-
 def below(state: State, prefix: str) -> State:
     """The entries of a state at or below one relative path."""
     return {rel: v for rel, v in state.items() if rel == prefix or rel.startswith(prefix + "/")}
