@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -95,6 +97,19 @@ def fresh(path: Path) -> Path:
         rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def made_before(data: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    """The stamp of generated data in `data` if it was made with the parameters
+    `want`; else None, with `data` emptied for a new generation."""
+    stamp = data / "stamp.json"
+    if stamp.exists():
+        info = json.loads(stamp.read_text())
+        if {k: info.get(k) for k in want} == want:
+            return info  # type: ignore[no-any-return]
+    rmtree(data)
+    data.mkdir(parents=True)
+    return None
 
 
 def rate(amount: float, seconds: float) -> float:

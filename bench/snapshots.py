@@ -51,6 +51,7 @@ from benchlib import (
     fresh,
     is_root,
     log,
+    made_before,
     median,
     rate,
     rmtree,
@@ -101,12 +102,8 @@ def prepare(work: Path, quick: bool = False) -> dict[str, Any]:
     stamp = data / "stamp.json"
     want = {"gen": GEN, "tar": "files.tar", "dirs": CONF.ndirs, "per_dir": PER_DIR,
             "min": SMALL_MIN, "max": SMALL_MAX, "big": BIG}
-    if stamp.exists():
-        info = json.loads(stamp.read_text())
-        if {k: info.get(k) for k in want} == want:
-            return info
-    rmtree(data)
-    data.mkdir(parents=True)
+    if (done := made_before(data, want)) is not None:
+        return done
     t0 = time.monotonic()
     rng = random.Random(100)
     nbytes = 0

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import MB, BenchError, MiB, fresh, log, median, rate, rmtree, run
+from benchlib import MB, BenchError, MiB, fresh, log, made_before, median, rate, rmtree, run
 from dmsd import DMSCTL, PEAK, CpuMeter, Daemon, warn_log_errors
 
 SECTIONS = ["validate", "validate1g", "rowdiff"]
@@ -203,12 +203,8 @@ def prepare(work: Path, quick: bool = False) -> dict[str, Any]:
     stamp = data / "stamp.json"
     want = {"gen": GEN, "rows": CONF.rows, "big": CONF.big, "bad_row": BAD_ROW,
             "schema": SCHEMA}
-    if stamp.exists():
-        info = json.loads(stamp.read_text())
-        if {k: info.get(k) for k in want} == want:
-            return info
-    rmtree(data)
-    data.mkdir(parents=True)
+    if (done := made_before(data, want)) is not None:
+        return done
     t0 = time.monotonic()
     info: dict[str, Any] = dict(want)
     files: dict[str, Any] = {}
