@@ -20,6 +20,8 @@ from jsonschema.exceptions import best_match
 from .checks import Compiled
 from .formats import Block, NotARecord, blocks
 
+WORKERS = 2   # blocks converted and checked at once, beside the one being read
+
 
 @dataclass
 class Verdict:
@@ -48,15 +50,15 @@ class Validator:
     def validate(self, f: IO[bytes], fmt: str) -> Verdict:
         """The verdict on a whole file (blocking: run it in a worker thread).
 
-        While this thread reads and parses a block, a helper thread converts and
-        checks the one before (Arrow releases the GIL: two cores work)."""
+        While this thread reads and parses a block, helper threads convert and check
+        the ones before (Arrow releases the GIL: every core works)."""
         verdict = Verdict()
         try:
-            with ThreadPoolExecutor(1) as pool:
+            with ThreadPoolExecutor(WORKERS) as pool:
                 pending: deque[tuple[Block, Future[list[int]]]] = deque()
                 for block in blocks(f, fmt, self.schema):
                     pending.append((block, pool.submit(self._suspects, block)))
-                    if len(pending) > 1:
+                    if len(pending) > WORKERS:
                         self._judge_block(*pending.popleft(), verdict)
                 while pending:
                     self._judge_block(*pending.popleft(), verdict)
