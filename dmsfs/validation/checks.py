@@ -46,8 +46,8 @@ class Compiled:
     def __init__(self, schema: Any) -> None:
         self.everything = not _compilable_object(schema)
         props = schema.get("properties", {}) if isinstance(schema, dict) else {}
-        self.required: list[str] = list(schema.get("required", [])) if not self.everything \
-            else []
+        self.required: list[str] = list(schema.get("required", [])) \
+            if isinstance(schema, dict) and not self.everything else []
         self.closed = isinstance(schema, dict) and schema.get("additionalProperties") is False
         self.columns: dict[str, list[Check]] = {}
         if not self.everything:
