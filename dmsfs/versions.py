@@ -267,11 +267,12 @@ class Versions:
                 last = max((VersionRecord.decode(r).number for r in t.iter_versions(dataset)),
                            default=0)
             assert root is not None
+            root_attrs = {"mode": root.mode, "uid": root.uid, "gid": root.gid,
+                          "mtime_ns": root.mtime_ns, "xattrs": root_xattrs}
             record = VersionRecord(
                 uuid7(), dataset, last + 1, time.time_ns(), uid, user_name(uid), message,
-                built.tree, built.files, built.bytes,
-                {"mode": root.mode, "uid": root.uid, "gid": root.gid,
-                 "mtime_ns": root.mtime_ns, "xattrs": root_xattrs}, schema_number(self.schemas.current(dataset)))
+                built.tree, built.files, built.bytes, root_attrs,
+                schema_number(self.schemas.current(dataset)))
             await self.chunks.flush()  # everything it references is stored first
             await self._put(version_key(record.id), record.encode())
             with self.index.write() as t:
