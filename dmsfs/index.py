@@ -390,7 +390,8 @@ class Txn:
         self.txn.put(U64.pack(ino), b"", db=self.db["orphans"])
 
     def iter_orphans(self) -> list[int]:
-        return [U64.unpack(k)[0] for k in self.txn.cursor(db=self.db["orphans"]).iternext(values=False)]
+        cur = self.txn.cursor(db=self.db["orphans"])
+        return [U64.unpack(k)[0] for k in cur.iternext(values=False)]
 
 
 class Index:
