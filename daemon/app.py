@@ -29,6 +29,8 @@ Try, in another terminal:
   ls -l {mnt}/demo
   mkdir {mnt}/mydata && cp -a /usr/share/doc {mnt}/mydata/
   .venv/bin/dmsctl stats
+  .venv/bin/dmsctl snapshot demo -m first && ls {mnt}/demo/@latest
+  .venv/bin/dmsctl diff demo@latest demo
   .venv/bin/dmsctl fsck --read-data
 Ctrl-C here unmounts."""
 READ_AHEAD_KB = 1024
