@@ -332,7 +332,7 @@ def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
              description="Refused with the validator's message if the schema is invalid.  "
              "Files matching the globs are validated at every close from now on.")
     async def set_schema(ds: str, body: SchemaRequest, request: Request) -> dict[str, Any]:
-        vfs.dataset_ino(ds)
+        repo.versions.dataset_ino(ds)
         return (await schemas.set(ds, body.schema_, body.globs,
                                   uid=caller(request).uid)).to_json()
 
@@ -344,7 +344,7 @@ def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
     @app.get("/v1/datasets/{ds}/schemas", summary="Every version of a dataset's schema",
              description="Oldest first.")
     async def schema_history(ds: str) -> dict[str, Any]:
-        vfs.dataset_ino(ds)
+        repo.versions.dataset_ino(ds)
         return {"schemas": [s.to_json() for s in schemas.history(ds)]}
 
     @app.get("/v1/datasets/{ds}/rejects", summary="Recent writes refused by the schema",
@@ -352,7 +352,7 @@ def _schema_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:
              "failing record (1-based; line for JSONL, data row for CSV), the JSON pointer "
              "of the failing value, the validator's message, how many records failed.")
     async def rejects(ds: str) -> dict[str, Any]:
-        vfs.dataset_ino(ds)
+        repo.versions.dataset_ino(ds)
         return {"rejects": schemas.rejects(ds)}
 
 

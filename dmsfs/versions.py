@@ -192,7 +192,7 @@ class Versions:
 
     async def live_tree(self, dataset: str) -> tuple[bytes, dict[bytes, bytes]]:
         """The live tree of a dataset as encoded trees in memory (nothing stored)."""
-        ino = self._dataset_ino(dataset)
+        ino = self.dataset_ino(dataset)
         built = await trio.to_thread.run_sync(self.builder.build, ino, False,
                                               limiter=self.chunks.cpu)
         return built.tree, built.raw
@@ -242,7 +242,8 @@ class Versions:
         if self.read_only:
             raise ReadOnly("this daemon serves the store read-only")
 
-    def _dataset_ino(self, dataset: str) -> int:
+    def dataset_ino(self, dataset: str) -> int:
+        """The live dataset directory's inode; NotFound if there is none."""
         with self.index.read() as t:
             ino = t.lookup(ROOT_INO, dataset.encode())
         if ino is None:
@@ -255,7 +256,7 @@ class Versions:
         self._writable()
         if tag is not None:
             check_tag(tag)
-        ino = self._dataset_ino(dataset)
+        ino = self.dataset_ino(dataset)
         async with self._lock:
             with self.index.watch_stale() as changed:
                 built = await trio.to_thread.run_sync(self.builder.build, ino, True,

@@ -679,13 +679,6 @@ class Vfs:
             self._release_state(h.ino, state)
 
     # ------------------------------------------------------------ datasets and schemas
-    def dataset_ino(self, dataset: str) -> int:
-        with self.index.read() as t:
-            ino = t.lookup(ROOT_INO, dataset.encode())
-        if ino is None:
-            raise NotFound(f"no dataset {dataset!r}")
-        return ino
-
     async def create_dataset(self, dataset: str, uid: int, gid: int) -> None:
         """mkdir at the top level, from the control API."""
         self.mkdir(ROOT_INO, dataset.encode(), 0o755, uid, gid)
@@ -737,13 +730,18 @@ class Vfs:
                     self._copy_inode(t, inode, parent, name)
                 self._drop(t, inode)
         self._names.pop(ino, None)
-        self.repo.schemas.reject(rule.dataset, rule.path, uid, rule.version, verdict)
+        error = self._rejected(rule, verdict, uid)
         await self.kernel.forget_entry(parent, name)
+        raise error
+
+    def _rejected(self, rule: Rule, verdict: Verdict, uid: int) -> SchemaRejected:
+        """Record a refused write; the error that reports it."""
+        self.repo.schemas.reject(rule.dataset, rule.path, uid, rule.version, verdict)
         log.info("refused %s/%s: record %s %s: %s", rule.dataset, rule.path, verdict.first,
                  verdict.pointer, verdict.message)
-        raise SchemaRejected(f"{rule.dataset}/{rule.path} does not match schema version "
-                             f"{rule.version.number}: record {verdict.first}: "
-                             f"{verdict.message}")
+        return SchemaRejected(f"{rule.dataset}/{rule.path} does not match schema version "
+                              f"{rule.version.number}: record {verdict.first}: "
+                              f"{verdict.message}")
 
     def _copy_inode(self, t: Txn, inode: Inode, parent: int, name: bytes) -> None:
         """Give name a new inode with inode's committed attributes, content, xattrs."""
@@ -784,10 +782,7 @@ class Vfs:
                 continue
             verdict = await self._validate(content, rule)
             if not verdict.ok:
-                self.repo.schemas.reject(dataset, new_path, uid, rule.version, verdict)
-                raise SchemaRejected(f"{dataset}/{new_path} does not match schema version "
-                                     f"{rule.version.number}: record {verdict.first}: "
-                                     f"{verdict.message}")
+                raise self._rejected(rule, verdict, uid)
 
     def _files_below(self, inode: Inode) -> list[tuple[str, ChunkList]]:
         """(path relative to inode, content) of inode itself if a file, or of every
@@ -809,11 +804,12 @@ class Vfs:
 
     # ------------------------------------------------------------ versions
     async def _versions_changed(self, dataset: str, names: list[bytes]) -> None:
-        with self.index.read() as t:
-            ino = t.lookup(ROOT_INO, dataset.encode())
-        if ino is not None:
-            for name in names:
-                await self.kernel.forget_entry(ino, name)
+        try:
+            ino = self.repo.versions.dataset_ino(dataset)
+        except NotFound:
+            return  # no live directory: the kernel has nothing cached under it
+        for name in names:
+            await self.kernel.forget_entry(ino, name)
 
     async def restore(self, dataset: str, spec: str, path: str | None, *, uid: int
                       ) -> dict[str, object]:
