@@ -19,6 +19,11 @@ def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
     print(json.dumps(doc, indent=2) if args.json else text)
 
 
+def _cache_line(name: str, c: dict[str, int]) -> str:
+    return (f"{name:<15}{format_size(c['bytes'])} of {format_size(c['max_bytes'])}, "
+            f"{c['hits']:,} hits, {c['misses']:,} misses")
+
+
 def stats(client: Client, args: argparse.Namespace) -> int:
     s = client.stats()
     b, cache = s["backlog"], s["cache"]
@@ -33,9 +38,10 @@ def stats(client: Client, args: argparse.Namespace) -> int:
         f"dedup ratio    {ratio:>16}",
         f"chunks         {s['chunks']:>16,}",
         f"packs          {s['packs']:>16,}",
-        f"upload backlog {b['objects']:>16,} objects, {format_size(b['bytes'])}",
-        f"chunk cache    {format_size(cache['bytes'])} of {format_size(cache['max_bytes'])}, "
-        f"{cache['hits']:,} hits, {cache['misses']:,} misses",
+        f"upload backlog {b['objects']:>16,} objects, {format_size(b['bytes'])}"
+        + (f", oldest {b['oldest_age']:.0f} s" if b["objects"] else ""),
+        _cache_line("memory cache", cache),
+        *([_cache_line("disk cache", s["disk_cache"])] if s["disk_cache"] else []),
     ]))
     return 0
 

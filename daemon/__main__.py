@@ -1,7 +1,7 @@
 """dmsfsd: mount a dmsfs store.
 
     dmsfsd STORE_URL MOUNTPOINT [--state DIR] [--read-only] [--allow-other]
-           [--cache-size BYTES] [--api unix:PATH] [--log-level LEVEL] [--foreground]
+           [--cache-size BYTES] [--s3-endpoint URL] [--log-level LEVEL] [--foreground]
     dmsfsd --init-only STORE_URL
 """
 
@@ -22,7 +22,8 @@ from dmsfs.chunker import ChunkerParams
 from dmsfs.config import StoreConfig
 from dmsfs.errors import DmsfsError
 from dmsfs.log import setup_logging
-from dmsfs.repo import Repo
+from dmsfs.repo import LEASE_TIMEOUT, Repo
+from dmsfs.store.layers import RemoteOptions
 from dmsfs.sizes import parse_size
 
 from .app import DaemonOptions, run
@@ -33,6 +34,12 @@ EPILOG = """\
 Examples:
   dmsfsd file:///srv/dmsfs/store /mnt/datasets
   dmsfsd file://$PWD/store ./mnt --state ./state --foreground --log-level debug
+  dmsfsd s3://bucket/datasets /mnt/datasets --s3-endpoint http://minio:9000
+  dmsfsd --read-only s3://bucket/datasets /mnt/datasets     # a training node
+
+S3 credentials and region come from the usual boto3 environment and config.
+One daemon writes to a store at a time (it holds the store's lease); any number
+may serve it --read-only, each following the writer's snapshots.
 
 The control API listens on STATE/api.sock; dmsctl finds it from the mount.
 Exit status: 0 after a clean unmount, 1 on failure, 2 on a usage error."""
@@ -41,17 +48,32 @@ Exit status: 0 after a clean unmount, 1 on failure, 2 on a usage error."""
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmsfsd", description="Mount a dmsfs store of datasets.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store_url", help="file:///path/to/store")
+    p.add_argument("store_url", help="file:///path/to/store or s3://bucket/prefix")
     p.add_argument("mountpoint", nargs="?", type=Path, help="directory to mount at")
     p.add_argument("--state", type=Path, help="index, spool and cache directory "
                    "(default /var/lib/dmsfs/<store-id> as root, else $XDG_STATE_HOME/dmsfs/<id>)")
-    p.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    p.add_argument("--read-only", action="store_true",
+                   help="serve every version the writer publishes; refuse writes with EROFS")
     p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     p.add_argument("--versions-visible", action="store_true",
                    help="list the @version folders in each dataset (default: reachable "
                         "by name only, so cp -r, du and find see the live tree alone)")
-    p.add_argument("--cache-size", type=parse_size, default=64 << 20, metavar="BYTES",
+    p.add_argument("--cache-size", type=parse_size, default=RemoteOptions.cache_bytes,
+                   metavar="BYTES", help="disk cache of an S3 store's data, in the state dir "
+                   "(default 4G)")
+    p.add_argument("--memory-cache", type=parse_size, default=64 << 20, metavar="BYTES",
                    help="memory for decompressed chunks (default 64M)")
+    s3 = p.add_argument_group("S3 stores")
+    s3.add_argument("--s3-endpoint", metavar="URL",
+                    help="an S3-compatible service (MinIO, Ceph RGW); default: AWS")
+    s3.add_argument("--s3-timeout", type=float, default=RemoteOptions.timeout, metavar="SECONDS",
+                    help="longest a store request may take, retries included; past it "
+                         "reads of uncached data fail with EIO (default 30)")
+    p.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="with --read-only: how often to look for new snapshots (default 5)")
+    p.add_argument("--lease-timeout", type=float, default=LEASE_TIMEOUT, metavar="SECONDS",
+                   help="a writer that stops renewing its lease loses the store after "
+                        "this long (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--foreground", action="store_true", help="do not detach")
     p.add_argument("--init-only", action="store_true", help="initialise the store and exit")
@@ -84,6 +106,10 @@ def _proposed(args: argparse.Namespace) -> StoreConfig:
     return cfg
 
 
+def _remote(args: argparse.Namespace) -> RemoteOptions:
+    return RemoteOptions(args.s3_endpoint, args.s3_timeout, args.cache_size)
+
+
 def _detach(argv: list[str], mountpoint: Path) -> int:
     """Run ourselves in the background and return once the mount is up."""
     child = subprocess.Popen([sys.executable, "-m", "dmsfs.daemon", *argv, "--foreground"],
@@ -106,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         if args.init_only:
-            repo = Repo.open(args.store_url, args.state, args.cache_size, _proposed(args))
+            repo = Repo.open(args.store_url, args.state, args.memory_cache, _proposed(args),
+                             remote=_remote(args), lease_timeout=args.lease_timeout)
             print(f"store {repo.store.url} ready (id {repo.config.store_id})")
             repo.close()
             return 0
@@ -120,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             store_url=args.store_url, mountpoint=args.mountpoint.resolve(),
             state_dir=args.state.resolve() if args.state else None, read_only=args.read_only,
             allow_other=args.allow_other, versions_visible=args.versions_visible,
-            cache_size=args.cache_size, reindex=args.reindex,
+            memory_cache=args.memory_cache, remote=_remote(args), reindex=args.reindex,
+            poll_interval=args.poll_interval, lease_timeout=args.lease_timeout,
             demo=args.demo, proposed=_proposed(args)))
         return 0
     except DmsfsError as e:

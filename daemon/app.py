@@ -7,14 +7,17 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
 import trio
 
 from dmsfs.config import StoreConfig
-from dmsfs.repo import Repo
+from dmsfs.follow import follow
+from dmsfs.lease import keep
+from dmsfs.repo import LEASE_TIMEOUT, Repo
+from dmsfs.store.layers import RemoteOptions
 from dmsfs.vfs import Vfs
 
 from . import control
@@ -24,6 +27,8 @@ from .fuse_ops import Operations
 log = logging.getLogger(__name__)
 
 SHUTDOWN_SEAL_SECONDS = 120
+# then a clean stop waits this long for uploads; the rest goes up at the next start
+SHUTDOWN_UPLOAD_SECONDS = 30
 DEMO_HINTS = """
 Try, in another terminal:
   ls -l {mnt}/demo
@@ -48,8 +53,11 @@ class DaemonOptions:
     read_only: bool = False
     allow_other: bool = False
     versions_visible: bool = False
-    cache_size: int = 64 << 20
+    memory_cache: int = 64 << 20
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
     reindex: bool = False
+    poll_interval: float = 5.0
+    lease_timeout: float = LEASE_TIMEOUT
     demo: bool = False
     proposed: StoreConfig | None = None   # config for a store that does not exist yet
 
@@ -98,8 +106,10 @@ async def run(opts: DaemonOptions) -> None:
     """Mount the store and serve until unmounted or signalled."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     _tame_malloc()
-    repo = Repo.open(opts.store_url, opts.state_dir, opts.cache_size, opts.proposed,
-                     read_only=opts.read_only)
+    repo = Repo.open(opts.store_url, opts.state_dir, opts.memory_cache, opts.proposed,
+                     read_only=opts.read_only, remote=opts.remote,
+                     lease_timeout=opts.lease_timeout)
+    drain = 0.0
     try:
         vfs = Vfs(repo, versions_visible=opts.versions_visible)
         vfs.ensure_root(os.getuid(), os.getgid())
@@ -110,9 +120,12 @@ async def run(opts: DaemonOptions) -> None:
             if opts.reindex or await repo.index_is_blank():
                 await repo.reindex()
             else:
-                await repo.schemas.sync_from_store()
-                await repo.versions.sync_from_store()
+                await repo.refresh()
             await vfs.ensure_datasets()
+            if repo.lease is not None:
+                nursery.start_soon(keep, repo.lease, pyfuse3.terminate, name="lease")
+            if opts.read_only:
+                nursery.start_soon(follow, repo, vfs, opts.poll_interval, name="follow")
             if opts.demo:
                 await populate_demo(vfs)
             await nursery.start(control.serve, control.build_app(repo, vfs), socket_path)
@@ -134,7 +147,8 @@ async def run(opts: DaemonOptions) -> None:
                 pyfuse3.close(unmount=True)
             with trio.move_on_after(SHUTDOWN_SEAL_SECONDS):
                 await repo.chunks.flush()
+                drain = SHUTDOWN_UPLOAD_SECONDS
             nursery.cancel_scope.cancel()
     finally:
-        repo.close()
+        repo.close(drain_seconds=drain)
     log.info("unmounted cleanly")

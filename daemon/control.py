@@ -245,7 +245,7 @@ def _store_routes(app: FastAPI, repo: Repo) -> None:
     @app.post("/v1/flush", summary="Seal everything staged into packs in the store")
     async def flush() -> dict[str, Any]:
         await repo.chunks.flush()
-        return {"backlog": repo.chunks.backlog}
+        return {"backlog": repo.backlog()}
 
 
 def _version_routes(app: FastAPI, repo: Repo, vfs: Vfs) -> None:

@@ -168,7 +168,7 @@ class ChunkStore:
     async def _seal(self, sf: StagingFile) -> None:
         try:
             size = await trio.to_thread.run_sync(self._store_pack, sf, limiter=self.io)
-            self._adopt(sf.id, sf.entries, size)
+            self.adopt(sf.id, sf.entries, size)
             with self._lock:
                 for e in sf.entries:
                     if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
@@ -193,12 +193,15 @@ class ChunkStore:
         self.store.put_file(pack_key(sf.id), sf.data_path)
         return size
 
-    def _adopt(self, pack_id: bytes, entries: list[PackEntry], size: int) -> None:
-        """Point the index at a stored pack's chunks."""
+    def adopt(self, pack_id: bytes, entries: list[PackEntry], size: int) -> None:
+        """Point the index at a stored pack's chunks (a chunk another pack already
+        holds keeps its place)."""
         with self.index.write() as t:
             for e in entries:
-                t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len, e.raw_len,
-                                               e.flags))
+                loc = t.get_location(e.cid)
+                if loc is None or loc.container == pack_id or loc.flags & FLAG_STAGED:
+                    t.put_location(e.cid, Location(pack_id, e.offset, e.stored_len,
+                                                   e.raw_len, e.flags))
             t.add_pack(pack_id, size, len(entries))
         for adopted in self._adopt_logs:
             adopted.append((pack_id, size, entries))
@@ -228,7 +231,7 @@ class ChunkStore:
                 except NoSuchObject:
                     size = None
                 if size is not None:
-                    self._adopt(sid, logged, size)
+                    self.adopt(sid, logged, size)
                     sf.remove()
                     continue
             entries = await trio.to_thread.run_sync(sf.load)

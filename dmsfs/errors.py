@@ -141,6 +141,12 @@ class NoSuchObject(NotFound):
     errno, code = _errno.EIO, "no_such_object"
 
 
+class LeaseHeld(DmsfsError):
+    """Another daemon holds the store's writer lease."""
+
+    code, status = "lease_held", 409
+
+
 class StoreConfigError(DmsfsError):
     """The store cannot be opened with this configuration."""
 

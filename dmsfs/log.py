@@ -30,4 +30,5 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     if root.level > logging.DEBUG:
-        logging.getLogger("hypercorn").setLevel(logging.WARNING)
+        for chatty in ("hypercorn", "botocore", "boto3", "s3transfer"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -23,14 +23,18 @@ from .codec import (
 from .config import StoreConfig, load_or_init
 from .errors import Corrupt, DmsfsError
 from .index import HOLE, ROOT_INO, Index, Location
+from .lease import Lease
 from .store import open_store
+from .store.layers import RemoteOptions, layered
 from .store.base import ObjectStore
+from .store.writeback import WriteBack
 from .schemas import Schemas
 from .versions import VersionRecord, Versions
 
 log = logging.getLogger(__name__)
 
 BLOCK = 4096
+LEASE_TIMEOUT = 30.0
 
 
 class Repo:
@@ -48,21 +52,46 @@ class Repo:
         self.schemas = Schemas(self.index, store, read_only=read_only)
         self.versions = Versions(self.index, self.chunks, store, self.schemas,
                                  read_only=read_only)
+        self.lease: Lease | None = None
+        self.uploads = store if isinstance(store, WriteBack) else None
+        self.disk_cache = store.backend if isinstance(store, WriteBack) else None
 
     @classmethod
     def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
-             proposed: StoreConfig | None = None, read_only: bool = False) -> Repo:
-        """Open (initialising if new) the store at url with its state dir; read_only
-        refuses every change to the datasets (the index is still maintained)."""
-        store = open_store(url)
-        config = load_or_init(store, proposed)
+             proposed: StoreConfig | None = None, read_only: bool = False,
+             remote: RemoteOptions | None = None, lease_timeout: float = LEASE_TIMEOUT
+             ) -> Repo:
+        """Open (initialising if new) the store at url with its state dir.
+
+        A writer takes the store's lease first (LeaseHeld if another daemon has it);
+        read_only refuses every change to the datasets (the index is still kept).
+        A remote store is used through a disk cache and an upload spool in the
+        state dir; cache_bytes sizes the in-memory cache of decompressed chunks.
+        """
+        remote = remote or RemoteOptions()
+        backend = open_store(url, s3_endpoint=remote.endpoint, s3_timeout=remote.timeout)
+        config = load_or_init(backend, proposed)
         state = state_dir or default_state_dir(config.store_id)
         state.mkdir(parents=True, exist_ok=True)
-        return cls(store, config, state, cache_bytes, read_only)
+        lease = None
+        if not read_only:
+            lease = Lease(backend, lease_timeout)
+            lease.acquire()
+        store = layered(backend, state, remote.cache_bytes,
+                        fence=lease.held if lease else lambda: False)
+        repo = cls(store, config, state, cache_bytes, read_only)
+        repo.lease = lease
+        return repo
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 0) -> None:
+        """Close the index and the store; a writer gives its lease up once every
+        spooled object is uploaded (else it expires, and the spool goes up at the
+        next start)."""
+        drained = self.uploads.drain(drain_seconds) if self.uploads else True
         self.index.close()
         self.store.close()
+        if self.lease is not None and drained:
+            self.lease.release()
 
     async def sync(self) -> None:
         """Make everything committed survive a power loss."""
@@ -78,7 +107,6 @@ class Repo:
             counts = {k: t.counter(k) for k in ("chunks", "chunk_bytes", "packs")}
         versions = self._all_versions()
         logical = live + sum(r.bytes for r in versions)
-        backlog = self.chunks.backlog
         cache = self.chunks.cache
         return {
             "store": self.store.url,
@@ -91,10 +119,21 @@ class Repo:
             "chunks": counts["chunks"],
             "unique_bytes": counts["chunk_bytes"],
             "packs": counts["packs"],
-            "backlog": backlog,
+            "backlog": self.backlog(),
             "cache": {"bytes": cache.bytes, "max_bytes": cache.max_bytes,
                       "hits": cache.hits, "misses": cache.misses},
+            "disk_cache": self.disk_cache.stats() if self.disk_cache else None,
         }
+
+    def backlog(self) -> dict[str, float]:
+        """What is not in the store yet: chunks staged locally, packs and records
+        waiting for upload (objects, bytes, the oldest upload's age in seconds)."""
+        staged = self.chunks.backlog
+        uploads = self.uploads.backlog() if self.uploads else {
+            "objects": 0, "bytes": 0, "oldest_age": 0.0}
+        return {"objects": staged["objects"] + uploads["objects"],
+                "bytes": staged["bytes"] + uploads["bytes"],
+                "oldest_age": uploads["oldest_age"], "chunks": staged["chunks"]}
 
     def statfs(self) -> dict[str, int]:
         """df figures: used = stored bytes, free = space left where the store is."""
@@ -131,10 +170,9 @@ class Repo:
         with self.chunks.adoptions() as adopted:
             return await self._reindex(adopted)
 
-    async def _reindex(self, adopted: list[tuple[bytes, int, list[PackEntry]]]
-                       ) -> dict[str, int]:
-        await self.chunks.flush()
-        keys = await trio.to_thread.run_sync(lambda: list(self.store.list("packs/")))
+    async def _read_packs(self, keys: list[str]
+                          ) -> tuple[list[tuple[bytes, int, list[PackEntry]]], int]:
+        """(pack id, size, entries) of each readable pack, and how many were not."""
         found: list[tuple[bytes, int, list[PackEntry]]] = []
         damaged = 0
 
@@ -146,7 +184,7 @@ class Repo:
                 size = await trio.to_thread.run_sync(self.store.size, key,
                                                      limiter=self.chunks.io)
             except DmsfsError as e:
-                log.error("reindex: skipping unreadable pack %s: %s", key, e)
+                log.error("skipping unreadable pack %s: %s", key, e)
                 damaged += 1
                 return
             found.append((bytes.fromhex(key.rsplit("/", 1)[1]), size, entries))
@@ -154,6 +192,35 @@ class Repo:
         async with trio.open_nursery() as nursery:
             for key in keys:
                 nursery.start_soon(load, key)
+        return found, damaged
+
+    async def _list_packs(self) -> list[str]:
+        return await trio.to_thread.run_sync(lambda: list(self.store.list("packs/")))
+
+    async def refresh(self) -> int:
+        """Index what was published to the store since: schemas, versions and tags,
+        and (read-only) the packs they use; returns how many versions were new.  A
+        read-only daemon follows its writer this way."""
+        await self.schemas.sync_from_store()
+        if not self.read_only:
+            # a writer's index knows its packs: one it lacks is damage for fsck to name
+            return await self.versions.sync_from_store()
+        # packs are listed after the version records, and indexed before them: every
+        # pack a listed version uses was uploaded before its record was
+        return await self.versions.sync_from_store(before_indexing=self._adopt_new_packs)
+
+    async def _adopt_new_packs(self) -> None:
+        keys = await self._list_packs()
+        with self.index.read() as t:
+            known = {pack_key(pid) for pid, _, _ in t.iter_packs()}
+        found, _ = await self._read_packs([k for k in keys if k not in known])
+        for pack_id, size, entries in found:
+            self.chunks.adopt(pack_id, entries, size)
+
+    async def _reindex(self, adopted: list[tuple[bytes, int, list[PackEntry]]]
+                       ) -> dict[str, int]:
+        await self.chunks.flush()
+        found, damaged = await self._read_packs(await self._list_packs())
         with self.index.write() as t:
             staged = [(c, loc) for c, loc in t.iter_locations() if loc.flags & FLAG_STAGED]
             t.reset_chunk_tables()
@@ -168,8 +235,7 @@ class Repo:
                     t.put_location(cid, loc)
             chunks, packs = t.counter("chunks"), t.counter("packs")
         self.chunks.cache.clear()
-        await self.schemas.sync_from_store()
-        versions = await self.versions.sync_from_store()
+        versions = await self.refresh()
         log.info("reindex: %d packs, %d chunks, %d damaged packs, %d new versions", packs,
                  chunks, damaged, versions)
         return {"packs": packs, "chunks": chunks, "damaged_packs": damaged,
@@ -214,7 +280,7 @@ class Repo:
         for cid in users.keys() | in_versions.keys():
             if cid not in locations:
                 problems.append(f"chunk {cid.hex()} used by {files(cid)} is not in the index")
-        stored_keys = set(await trio.to_thread.run_sync(lambda: list(self.store.list("packs/"))))
+        stored_keys = set(await self._list_packs())
         by_pack: dict[bytes, list[tuple[bytes, Location]]] = {}
         for cid, loc in locations.items():
             if not loc.flags & FLAG_STAGED:

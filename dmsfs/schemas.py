@@ -22,6 +22,7 @@ from jsonschema.exceptions import SchemaError
 import trio
 
 from .errors import InvalidArgument, NotFound, ReadOnly
+from .head import announce
 from .index import Index
 from .stamps import iso_time, user_name
 from .store.base import ObjectStore
@@ -143,6 +144,7 @@ class Schemas:
                                 time.time_ns(), uid, user_name(uid))
         raw = version.encode()
         await trio.to_thread.run_sync(self.store.put, schema_key(dataset, version.number), raw)
+        await trio.to_thread.run_sync(announce, self.store)
         with self.index.write() as t:
             t.put_schema(dataset, version.number, raw)
         self._current[dataset] = version

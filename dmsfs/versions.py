@@ -30,6 +30,7 @@ import trio
 from .chunkstore import ChunkStore
 from .diff import diff_trees
 from .errors import InvalidArgument, InvalidName, NotFound, ReadOnly
+from .head import announce
 from .index import ROOT_INO, Index
 from .manifest import TreeBuilder, TreeLoader
 from .schemadiff import schema_diff
@@ -320,13 +321,21 @@ class Versions:
         await trio.to_thread.run_sync(self.store.put, key, data, limiter=self.chunks.io)
 
     async def _notify(self, dataset: str, names: list[bytes]) -> None:
+        await trio.to_thread.run_sync(announce, self.store, limiter=self.chunks.io)
+        await self.tell(dataset, names)
+
+    async def tell(self, dataset: str, names: list[bytes]) -> None:
+        """Tell the listeners (the kernel's caches) that these names of a dataset's
+        versions may now mean something else."""
         for listener in self.listeners:
             await listener(dataset, names)
 
     # ------------------------------------------------------------ rebuilding
-    async def sync_from_store(self) -> int:
+    async def sync_from_store(
+            self, before_indexing: Callable[[], Awaitable[None]] | None = None) -> int:
         """Index every version and tag in the store that the index lacks; returns how
-        many versions were new."""
+        many versions were new.  before_indexing runs once the records are read and
+        before anyone can see them (the caller indexes the packs they use)."""
         keys = await trio.to_thread.run_sync(lambda: list(self.store.list("versions/")))
         with self.index.read() as t:
             known = {VersionRecord.decode(raw).id for raw in t.iter_versions()}
@@ -338,6 +347,8 @@ class Versions:
             _, dataset, tag = key.split("/", 2)
             doc = json.loads(await trio.to_thread.run_sync(self.store.get, key))
             tags.append((dataset, tag, doc["version"]))
+        if before_indexing is not None:
+            await before_indexing()
         with self.index.write() as t:
             for r in new:
                 t.put_version(r.dataset, r.number, r.encode())

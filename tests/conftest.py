@@ -1,5 +1,8 @@
 """Shared fixtures: a real dmsfsd process on a temp store, mounted with FUSE.
 
+Tests marked `backends("file", "s3")` run once per store backend: "s3" is a
+real moto server on 127.0.0.1 (see s3fixtures.py), a bucket per daemon.
+
 Mount tests are skipped (with a reason) where /dev/fuse or fusermount3 is
 unusable, unless DMSFS_TEST_REQUIRE lists "fuse": then they fail, so a green
 CI run cannot hide unrun mount tests (`make test` sets it).
@@ -15,10 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3env import s3_env
+
+pytest_plugins = ["s3fixtures"]
 
 BIN = Path(sys.executable).parent
 DMSFSD = str(BIN / "dmsfsd")
@@ -53,9 +60,14 @@ def _unmount(path: Path) -> None:
 class Daemon:
     """One dmsfsd over one store: start, stop cleanly, kill -9, remount."""
 
-    def __init__(self, root: Path, extra: list[str]) -> None:
+    def __init__(self, root: Path, extra: list[str], url: str | None = None,
+                 env: dict[str, str] | None = None, store_args: list[str] | None = None
+                 ) -> None:
         self.root = root
         self.store = root / "store"
+        self.url = url or f"file://{self.store}"
+        self.env = env
+        self.store_args = store_args or []   # how to reach the store (--s3-endpoint)
         self.state = root / "state"
         self.mnt = root / "mnt"
         self.mnt.mkdir(parents=True, exist_ok=True)
@@ -63,17 +75,13 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "daemon.log"
 
-    @property
-    def url(self) -> str:
-        return f"file://{self.store}"
-
     def start(self, *args: str) -> Daemon:
         assert self.proc is None, "already running"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [DMSFSD, self.url, str(self.mnt), "--state", str(self.state), "--foreground",
-                 "--log-level", "info", *self.extra, *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                 "--log-level", "info", *self.store_args, *self.extra, *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None:
@@ -150,10 +158,25 @@ class Daemon:
         return out
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args, indirect=True)
+
+
 @pytest.fixture
-def daemon_factory(request: pytest.FixtureRequest) -> Iterator[object]:
-    """make(extra_args=[...]) -> Daemon (not started).  Unmounted at teardown; an
-    ERROR in a daemon log fails the test unless it is marked `daemon_errors_ok`."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test's daemons: "file" unless marked `backends`."""
+    return str(getattr(request, "param", "file"))
+
+
+@pytest.fixture
+def daemon_factory(request: pytest.FixtureRequest, backend: str) -> Iterator[object]:
+    """make(extra_args=[...], small=True, backend=None, store_of=None) -> Daemon (not
+    started).  store_of: serve the same store as that daemon (with its own state dir
+    and mountpoint); backend: "file" or "s3" (default: the test's).  Unmounted at
+    teardown; an ERROR in a daemon log fails the test unless it is marked
+    `daemon_errors_ok`."""
     problem = fuse_problem()
     if problem:
         if _require("fuse"):
@@ -161,12 +184,24 @@ def daemon_factory(request: pytest.FixtureRequest) -> Iterator[object]:
         pytest.skip(problem)
     made: list[Daemon] = []
     roots: list[Path] = []
+    buckets: list[str] = []
 
-    def make(extra: list[str] | None = None, small: bool = True) -> Daemon:
+    def make(extra: list[str] | None = None, small: bool = True, backend: str | None = None,
+             store_of: Daemon | None = None, endpoint: str | None = None) -> Daemon:
         # short paths: a Unix socket path must stay under 108 bytes
         root = Path(tempfile.mkdtemp(prefix="dmsfs-", dir="/tmp"))
         roots.append(root)
-        d = Daemon(root, [*(SMALL_CHUNKS if small else []), *(extra or [])])
+        args = [*(SMALL_CHUNKS if small else []), *(extra or [])]
+        url, env, store_args = None, None, []
+        if store_of is not None:
+            url, env, store_args = store_of.url, store_of.env, store_of.store_args
+        elif (backend or request.getfixturevalue("backend")) == "s3":
+            moto = request.getfixturevalue("moto_server")
+            bucket = moto.make_bucket(f"dmsfs-{uuid.uuid4().hex[:16]}")
+            buckets.append(bucket)
+            url, env = f"s3://{bucket}/store", s3_env()
+            store_args = ["--s3-endpoint", endpoint or moto.url]
+        d = Daemon(root, args, url, env, store_args)
         made.append(d)
         return d
 
@@ -176,6 +211,11 @@ def daemon_factory(request: pytest.FixtureRequest) -> Iterator[object]:
     problems = [p for d in made for p in d.log_problems()]
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
+    if buckets:
+        moto = request.getfixturevalue("moto_server")
+        moto.resume()
+        for bucket in buckets:
+            moto.drop_bucket(bucket)
     if problems and not request.node.get_closest_marker("daemon_errors_ok"):
         pytest.fail("daemon logged errors:\n" + "\n".join(problems[:20]))
 

@@ -9,8 +9,10 @@ from ..errors import UsageError
 from .base import ObjectStore
 
 
-def open_store(url: str) -> ObjectStore:
-    """The object store a URL names (file:///path; s3:// follows)."""
+def open_store(url: str, *, s3_endpoint: str | None = None,
+               s3_timeout: float = 30.0) -> ObjectStore:
+    """The object store a URL names: file:///path, or s3://bucket[/prefix] (the bucket
+    must exist; s3_endpoint for S3-compatible servers, s3_timeout bounds each call)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -18,7 +20,13 @@ def open_store(url: str) -> ObjectStore:
         from .local import LocalStore
 
         return LocalStore(Path(parsed.path))
-    raise UsageError(f"unsupported store URL {url!r} (use file:///path)")
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise UsageError(f"s3:// URL must name a bucket: {url}")
+        from .s3 import S3Store
+
+        return S3Store(parsed.netloc, parsed.path, endpoint=s3_endpoint, timeout=s3_timeout)
+    raise UsageError(f"unsupported store URL {url!r} (use file:///path or s3://bucket/prefix)")
 
 
 __all__ = ["ObjectStore", "open_store"]

@@ -21,6 +21,7 @@ class ObjectStore(ABC):
     """put / get / ranged get / list / delete / put-if-absent over immutable objects."""
 
     url: str
+    remote = False   # True: requests are slow and paid for (cache and spool them)
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -38,6 +39,17 @@ class ObjectStore(ABC):
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store data unless key exists; True if this call created it."""
+
+    @abstractmethod
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and an opaque tag of this content (S3: its ETag), for
+        put_if_match: the few mutable objects (the writer's lease) change only
+        by compare-and-swap."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
+        """Replace key only while its content still has tag; the new tag, or None
+        if the object changed or is gone meanwhile."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:

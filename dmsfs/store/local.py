@@ -8,16 +8,20 @@ objects never change.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
+
 from ..errors import NoSpace, NoSuchObject, StoreError
 from .base import ObjectStore
 
 TMP_DIR = ".tmp"
+CAS_LOCK = ".cas.lock"   # names starting with "." are never keys
 
 
 def _fsync_dir(path: Path) -> None:
@@ -34,6 +38,10 @@ def _os_error(e: OSError, key: str) -> Exception:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"store disk full writing {key!r}")
     return StoreError(f"{key}: {e}")
+
+
+def _tag(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()[:32]
 
 
 class LocalStore(ObjectStore):
@@ -107,6 +115,23 @@ class LocalStore(ObjectStore):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         return self._publish(self._write_tmp(lambda f: f.write(data)), key, exclusive=True)
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, _tag(data)
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
+        # the lock makes compare and swap one step for every process on this machine
+        with open(self.root / CAS_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = self.get(key)
+            except NoSuchObject:
+                return None
+            if _tag(current) != tag:
+                return None
+            self.put(key, data)
+        return _tag(data)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -141,6 +166,8 @@ class LocalStore(ObjectStore):
             dirnames[:] = [d for d in dirnames if d != TMP_DIR]
             rel = os.path.relpath(dirpath, self.root)
             for name in filenames:
+                if name.startswith("."):
+                    continue
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix):
                     yield key

@@ -344,7 +344,7 @@ def test_concurrent_creates_in_one_directory(daemon: Any, ds: Path) -> None:
 def test_reads_while_the_file_is_written(daemon_factory: Any) -> None:
     """Readers (O_DIRECT, so every read asks the daemon) of a file that another process
     keeps patching and committing: each page they get is the old or the new version."""
-    daemon = daemon_factory(["--cache-size", "256K"]).start()  # reads wait for the store
+    daemon = daemon_factory(["--memory-cache", "256K"]).start()  # reads wait for the store
     ds = daemon.mnt / "ds"
     ds.mkdir()
     seed, size = "pages", 3 * 1024 * KiB

@@ -337,7 +337,7 @@ def test_stats_dedup_of_identical_files(daemon, ds) -> None:
     assert MiB <= stored < MiB + 64 * KiB  # random data: raw blobs plus pack indexes
     assert s["dedup_ratio"] >= 4
     assert s["dedup_ratio"] == round(s["logical_bytes"] / s["stored_bytes"], 3)
-    assert s["backlog"] == {"objects": 0, "bytes": 0, "chunks": 0}
+    assert s["backlog"] == {"objects": 0, "bytes": 0, "oldest_age": 0.0, "chunks": 0}
 
     # the human form says the same
     text = daemon.ctl("stats", check=True).stdout

@@ -338,8 +338,7 @@ def test_fresh_state_dir_learns_versions_and_tags(daemon_factory: Any, flags: li
         d = writer
         d.state = d.root / "fresh-state"
     else:  # a second daemon on the same store, while the writer still runs
-        d = daemon_factory()
-        d.store = writer.store
+        d = daemon_factory(store_of=writer)
     d.start(*flags)
     ds = d.mnt / "ds"
     assert d.ctl_json("versions", "ds") == before

@@ -1,0 +1,214 @@
+"""A local disk cache of a remote store's packs, in fixed-size blocks.
+
+Packs never change, so any range of one may be kept for ever; the cache keeps
+blocks of them (like JuiceFS) in the state dir, up to a size limit, evicting
+the least recently used.  Block files survive restarts (their mtimes give the
+order back).  A miss fetches the whole block: neighbouring small chunks come
+with it, so a random walk over small files costs a request per block, not per
+file.  Sequential readers get read-ahead: the next blocks of the same pack are
+fetched in parallel, so a cold read is not one round trip per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4 << 20
+READ_AHEAD_BLOCKS = 4
+FETCHERS = 8
+TMP = ".tmp"
+
+
+def _cacheable(key: str) -> bool:
+    return key.startswith("packs/")
+
+
+class BlockCache(ObjectStore):
+    """Ranged reads of packs through a bounded on-disk LRU of blocks."""
+
+    def __init__(self, backend: ObjectStore, cache_dir: Path, max_bytes: int,
+                 block_size: int = BLOCK) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self.dir = cache_dir
+        self.max_bytes = max_bytes
+        self.block = block_size
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[str, int] = OrderedDict()   # block file name -> size
+        self._inflight: dict[str, Future[bytes]] = {}
+        self._last_block: dict[str, int] = {}                # per pack, for read-ahead
+        self._sizes: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(FETCHERS, thread_name_prefix="fetch")
+        self._load()
+
+    def _load(self) -> None:
+        (self.dir / TMP).mkdir(parents=True, exist_ok=True)
+        for leftover in (self.dir / TMP).iterdir():
+            leftover.unlink()
+        found = []
+        for entry in os.scandir(self.dir):
+            if entry.is_file():
+                st = entry.stat()
+                found.append((st.st_mtime_ns, entry.name, st.st_size))
+        for _, name, size in sorted(found):
+            self._lru[name] = size
+            self.bytes += size
+        with self._lock:
+            self._evict(0)
+        if found:
+            log.info("chunk cache: %d blocks, %d bytes from a previous run", len(self._lru),
+                     self.bytes)
+
+    # ------------------------------------------------------------ blocks
+    def _name(self, key: str, block: int) -> str:
+        return f"{key.replace('/', '_')}.{block}"
+
+    def _evict(self, room: int) -> None:
+        """Drop least recently used blocks until room more bytes fit (lock held)."""
+        while self._lru and self.bytes + room > self.max_bytes:
+            name, size = self._lru.popitem(last=False)
+            self.bytes -= size
+            (self.dir / name).unlink(missing_ok=True)
+
+    def _cached(self, name: str, offset: int, length: int) -> bytes | None:
+        with self._lock:
+            if name not in self._lru:
+                return None
+            self._lru.move_to_end(name)
+        try:
+            fd = os.open(self.dir / name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None      # evicted meanwhile
+        try:
+            os.utime(fd)     # the LRU order after a restart
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def _fetch(self, key: str, block: int, name: str) -> bytes:
+        data = self.backend.get_range(key, block * self.block, self.block)
+        if len(data) <= self.max_bytes:
+            tmp = self.dir / TMP / name
+            try:
+                tmp.write_bytes(data)
+                with self._lock:
+                    self._evict(len(data))
+                    os.rename(tmp, self.dir / name)
+                    self._lru[name] = len(data)
+                    self.bytes += len(data)
+            except OSError as e:    # a full disk costs the cache, not the read
+                tmp.unlink(missing_ok=True)
+                log.warning("chunk cache: cannot keep a block: %s", e)
+        return data
+
+    def _future(self, key: str, block: int) -> Future[bytes]:
+        name = self._name(key, block)
+        with self._lock:
+            fut = self._inflight.get(name)
+            if fut is None:
+                fut = self._pool.submit(self._fetch, key, block, name)
+                self._inflight[name] = fut
+                fut.add_done_callback(lambda _f: self._done(name))
+        return fut
+
+    def _done(self, name: str) -> None:
+        with self._lock:
+            self._inflight.pop(name, None)
+
+    def _read_ahead(self, key: str, first: int, last: int) -> None:
+        """After a sequential step, start fetching the blocks that follow."""
+        with self._lock:
+            prev = self._last_block.get(key)
+            self._last_block[key] = last
+            if len(self._last_block) > 1024:
+                self._last_block.pop(next(iter(self._last_block)))
+        if prev is None or not prev <= first <= prev + 1:
+            return
+        size = self._size(key)
+        end = min(last + READ_AHEAD_BLOCKS, (size - 1) // self.block)
+        for block in range(last + 1, end + 1):
+            name = self._name(key, block)
+            with self._lock:
+                if name in self._lru or name in self._inflight:
+                    continue
+            self._future(key, block)
+
+    def _size(self, key: str) -> int:
+        size = self._sizes.get(key)
+        if size is None:
+            size = self._sizes[key] = self.backend.size(key)
+        return size
+
+    # ------------------------------------------------------------ the interface
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or not _cacheable(key):
+            return self.backend.get_range(key, offset, length)
+        first, last = offset // self.block, (offset + max(length, 1) - 1) // self.block
+        self._read_ahead(key, first, last)
+        parts = []
+        for block in range(first, last + 1):
+            start = max(offset, block * self.block) - block * self.block
+            stop = min(offset + length, (block + 1) * self.block) - block * self.block
+            name = self._name(key, block)
+            data = self._cached(name, start, stop - start)
+            if data is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+                data = self._future(key, block).result()[start:stop]
+            parts.append(data)
+            if len(data) < stop - start:
+                break        # the end of the object
+        return b"".join(parts)
+
+    def get(self, key: str) -> bytes:
+        return self.backend.get(key)
+
+    def size(self, key: str) -> int:
+        return self._size(key) if _cacheable(key) else self.backend.size(key)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.backend.put(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.backend.put_file(key, path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.backend.put_if_absent(key, data)
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self.backend.get_tagged(key)
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
+        return self.backend.put_if_match(key, data, tag)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.backend.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(key)
+        with self._lock:
+            for name in [n for n in self._lru if n.startswith(self._name(key, 0)[:-1])]:
+                self.bytes -= self._lru.pop(name)
+                (self.dir / name).unlink(missing_ok=True)
+
+    def stats(self) -> dict[str, int]:
+        return {"bytes": self.bytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.backend.close()
