@@ -13,6 +13,7 @@ resume when it returns.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -107,7 +108,7 @@ class WriteBack(ObjectStore):
                 _fsync_dir(self.dir)
             except OSError as e:
                 path.unlink(missing_ok=True)
-                if e.errno in (28, 122):   # ENOSPC, EDQUOT
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace(f"local spool full writing {key!r}") from e
                 raise StoreError(f"spooling {key}: {e}") from e
             self._add(Entry(seq, op, key, path, size, time.time()))
