@@ -43,12 +43,16 @@ class StoreConfig:
         return cfg
 
 
-def load_or_init(store: ObjectStore, proposed: StoreConfig | None = None) -> StoreConfig:
-    """The store's config; a store without one is initialised with `proposed`."""
+def load_or_init(store: ObjectStore, proposed: StoreConfig | None = None,
+                 create: bool = True) -> StoreConfig:
+    """The store's config; a store without one is initialised with `proposed`
+    (unless not create: then StoreConfigError)."""
     try:
         return StoreConfig.decode(store.get(CONFIG_KEY))
     except NoSuchObject:
-        pass
+        if not create:
+            raise StoreConfigError(f"no dmsfs store at {store.url} (a writer "
+                                   "initialises it on first use)") from None
     cfg = proposed or StoreConfig()
     if not store.put_if_absent(CONFIG_KEY, cfg.encode()):
         return StoreConfig.decode(store.get(CONFIG_KEY))  # another process won the race

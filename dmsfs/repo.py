@@ -70,7 +70,7 @@ class Repo:
         """
         remote = remote or RemoteOptions()
         backend = open_store(url, s3_endpoint=remote.endpoint, s3_timeout=remote.timeout)
-        config = load_or_init(backend, proposed)
+        config = load_or_init(backend, proposed, create=not read_only)
         state = state_dir or default_state_dir(config.store_id)
         state.mkdir(parents=True, exist_ok=True)
         lease = None

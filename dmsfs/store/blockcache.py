@@ -135,10 +135,12 @@ class BlockCache(ObjectStore):
             self._last_block[key] = last
             if len(self._last_block) > 1024:
                 self._last_block.pop(next(iter(self._last_block)))
-        if prev is None or not prev <= first <= prev + 1:
-            return
-        size = self._size(key)
-        end = min(last + READ_AHEAD_BLOCKS, (size - 1) // self.block)
+        if prev is not None and prev <= first <= prev + 1:
+            # the pack's size may take a request: learn it off the reader's thread
+            self._pool.submit(self._fetch_ahead, key, last)
+
+    def _fetch_ahead(self, key: str, last: int) -> None:
+        end = min(last + READ_AHEAD_BLOCKS, (self._size(key) - 1) // self.block)
         for block in range(last + 1, end + 1):
             name = self._name(key, block)
             with self._lock:
