@@ -39,6 +39,7 @@ Try, in another terminal:
   .venv/bin/dmsctl fsck --read-data
 Ctrl-C here unmounts."""
 READ_AHEAD_KB = 1024
+READ_AHEAD_POLLS = 100     # every 10 ms for the first second
 # Worker threads that hold the GIL (chunk cutting) would otherwise make the FUSE
 # loop wait up to the default 5 ms each time it gives the GIL up for I/O.
 SWITCH_INTERVAL = 0.0005
@@ -70,15 +71,21 @@ async def _raise_read_ahead(mountpoint: Path) -> None:
     device comes from mountinfo: stat() of our own mountpoint from the trio
     thread would wait for this very loop.
     """
-    await trio.sleep(0.2)
-    devs = [line.split()[2] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if line.split()[4] == str(mountpoint)]
-    if not devs:
-        return
-    try:
-        Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
-    except OSError as e:
-        log.debug("cannot raise read-ahead (%s); kernel default stays", e)
+    # polled, not set once: files opened before it is set keep the default for good
+    for _ in range(READ_AHEAD_POLLS):
+        await trio.sleep(0.01)
+        devs = [line.split()[2] for line in
+                Path("/proc/self/mountinfo").read_text().splitlines()
+                if line.split()[4] == str(mountpoint)]
+        if not devs:
+            continue
+        knob = Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb")
+        try:
+            if knob.read_text().strip() != str(READ_AHEAD_KB):
+                knob.write_text(str(READ_AHEAD_KB))
+        except OSError as e:
+            log.debug("cannot raise read-ahead (%s); kernel default stays", e)
+            return
 
 
 def _tame_malloc() -> None:

@@ -58,7 +58,8 @@ class ChunkStore:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
         self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self.io = trio.CapacityLimiter(8)
+        # threads waiting on a remote store mostly sleep: more of them hide latency
+        self.io = trio.CapacityLimiter(24 if store.remote else 8)
         self._lock = threading.Lock()
         self._pending: dict[bytes, Location] = {}   # staged, maybe not yet in LMDB
         # every staging file not yet removed, by id: readers of staged chunks use

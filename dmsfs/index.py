@@ -381,6 +381,11 @@ class Txn:
             self.add_counter("stored_bytes", size)
         self.txn.put(pack_id, PACK_INFO.pack(size, blobs), db=self.db["packs"])
 
+    def get_pack(self, pack_id: bytes) -> tuple[int, int] | None:
+        """(size, blob count) of a stored pack."""
+        raw = self.txn.get(pack_id, db=self.db["packs"])
+        return None if raw is None else PACK_INFO.unpack(raw)
+
     def iter_packs(self) -> Iterator[tuple[bytes, int, int]]:
         for key, raw in self.txn.cursor(db=self.db["packs"]):
             yield (bytes(key), *PACK_INFO.unpack(raw))

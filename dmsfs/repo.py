@@ -25,6 +25,7 @@ from .errors import Corrupt, DmsfsError
 from .index import HOLE, ROOT_INO, Index, Location
 from .lease import Lease
 from .store import open_store
+from .store.blockcache import BlockCache
 from .store.layers import RemoteOptions, layered
 from .store.base import ObjectStore
 from .store.writeback import WriteBack
@@ -55,6 +56,8 @@ class Repo:
         self.lease: Lease | None = None
         self.uploads = store if isinstance(store, WriteBack) else None
         self.disk_cache = store.backend if isinstance(store, WriteBack) else None
+        if isinstance(self.disk_cache, BlockCache):
+            self.disk_cache.size_hint = self._pack_size
 
     @classmethod
     def open(cls, url: str, state_dir: Path | None, cache_bytes: int,
@@ -146,6 +149,17 @@ class Repo:
         return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": used + free_blocks,
                 "f_bfree": free_blocks, "f_bavail": free_blocks, "f_files": files + (1 << 32),
                 "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": 255}
+
+    def _pack_size(self, key: str) -> int | None:
+        """A stored pack's size as the index knows it (None: not a known pack)."""
+        name = key.rsplit("/", 1)[-1]
+        try:
+            pack_id = bytes.fromhex(name)
+        except ValueError:
+            return None
+        with self.index.read() as t:
+            info = t.get_pack(pack_id)
+        return info[0] if info else None
 
     # ------------------------------------------------------------ pack indexes
     def read_pack_index(self, key: str) -> list[PackEntry]:

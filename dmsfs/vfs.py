@@ -59,6 +59,8 @@ NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
 DATASET_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 READ_AHEAD_CHUNKS = 2
+# a remote store answers in tens of ms: keep enough in flight to hide that, across packs
+REMOTE_READ_AHEAD_CHUNKS = 24
 
 
 @dataclass
@@ -141,6 +143,7 @@ class Vfs:
         self.index = repo.index
         self.read_only = repo.read_only
         self.versions_visible = versions_visible
+        self._read_ahead = REMOTE_READ_AHEAD_CHUNKS if repo.store.remote else READ_AHEAD_CHUNKS
         self.snaps = Snapshots(repo.versions)
         self.kernel: KernelCache = NoKernelCache()
         repo.versions.listeners.append(self._versions_changed)
@@ -606,7 +609,7 @@ class Vfs:
         if sequential and spans:
             # ask for what comes next before waiting for what is asked now
             nxt = spans[-1][0] + 1
-            for cid, _ in content.chunks[nxt : nxt + READ_AHEAD_CHUNKS]:
+            for cid, _ in content.chunks[nxt : nxt + self._read_ahead]:
                 if cid != HOLE:
                     self.repo.chunks.prefetch(cid)
         parts: list[bytes | memoryview] = []

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +36,8 @@ def _cacheable(key: str) -> bool:
 class BlockCache(ObjectStore):
     """Ranged reads of packs through a bounded on-disk LRU of blocks."""
 
+    remote = True
+
     def __init__(self, backend: ObjectStore, cache_dir: Path, max_bytes: int,
                  block_size: int = BLOCK) -> None:
         self.backend = backend
@@ -51,6 +53,8 @@ class BlockCache(ObjectStore):
         self._inflight: dict[str, Future[bytes]] = {}
         self._last_block: dict[str, int] = {}                # per pack, for read-ahead
         self._sizes: dict[str, int] = {}
+        # the index knows every pack's size: asking it saves a request per pack
+        self.size_hint: Callable[[str], int | None] = lambda key: None
         self._pool = ThreadPoolExecutor(FETCHERS, thread_name_prefix="fetch")
         self._load()
 
@@ -100,33 +104,46 @@ class BlockCache(ObjectStore):
 
     def _fetch(self, key: str, block: int, name: str) -> bytes:
         data = self.backend.get_range(key, block * self.block, self.block)
-        if len(data) <= self.max_bytes:
-            tmp = self.dir / TMP / name
-            try:
-                tmp.write_bytes(data)
-                with self._lock:
-                    self._evict(len(data))
-                    os.rename(tmp, self.dir / name)
-                    self._lru[name] = len(data)
-                    self.bytes += len(data)
-            except OSError as e:    # a full disk costs the cache, not the read
-                tmp.unlink(missing_ok=True)
-                log.warning("chunk cache: cannot keep a block: %s", e)
+        if len(data) > self.max_bytes:
+            return data
+        with self._lock:     # room first: the limit holds for blocks on their way in too
+            self._evict(len(data))
+            if self.bytes + len(data) > self.max_bytes:
+                return data      # the room is promised to blocks still being written
+            self.bytes += len(data)
+        tmp = self.dir / TMP / name
+        try:
+            tmp.write_bytes(data)
+            os.rename(tmp, self.dir / name)
+            with self._lock:
+                self._lru[name] = len(data)
+        except OSError as e:    # a full disk costs the cache, not the read
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self.bytes -= len(data)
+            log.warning("chunk cache: cannot keep a block: %s", e)
         return data
 
-    def _future(self, key: str, block: int) -> Future[bytes]:
+    def _future(self, key: str, block: int) -> Future[bytes] | None:
+        """The fetch of a block, started now unless it runs already; None when the
+        block is in the cache (it may have arrived since the caller looked)."""
         name = self._name(key, block)
         with self._lock:
+            if name in self._lru:
+                return None
             fut = self._inflight.get(name)
-            if fut is None:
-                fut = self._pool.submit(self._fetch, key, block, name)
-                self._inflight[name] = fut
-                fut.add_done_callback(lambda _f: self._done(name))
+            if fut is not None:
+                return fut
+            fut = self._pool.submit(self._fetch, key, block, name)
+            self._inflight[name] = fut
+        # outside the lock: a fetch already done runs the callback here, at once
+        fut.add_done_callback(lambda done: self._done(name, done))
         return fut
 
-    def _done(self, name: str) -> None:
+    def _done(self, name: str, fut: Future[bytes]) -> None:
         with self._lock:
-            self._inflight.pop(name, None)
+            if self._inflight.get(name) is fut:
+                del self._inflight[name]
 
     def _read_ahead(self, key: str, first: int, last: int) -> None:
         """After a sequential step, start fetching the blocks that follow."""
@@ -142,14 +159,10 @@ class BlockCache(ObjectStore):
     def _fetch_ahead(self, key: str, last: int) -> None:
         end = min(last + READ_AHEAD_BLOCKS, (self._size(key) - 1) // self.block)
         for block in range(last + 1, end + 1):
-            name = self._name(key, block)
-            with self._lock:
-                if name in self._lru or name in self._inflight:
-                    continue
             self._future(key, block)
 
     def _size(self, key: str) -> int:
-        size = self._sizes.get(key)
+        size = self._sizes.get(key) or self.size_hint(key)
         if size is None:
             size = self._sizes[key] = self.backend.size(key)
         return size
@@ -164,17 +177,23 @@ class BlockCache(ObjectStore):
         for block in range(first, last + 1):
             start = max(offset, block * self.block) - block * self.block
             stop = min(offset + length, (block + 1) * self.block) - block * self.block
-            name = self._name(key, block)
-            data = self._cached(name, start, stop - start)
-            if data is not None:
-                self.hits += 1
-            else:
-                self.misses += 1
-                data = self._future(key, block).result()[start:stop]
+            data = self._read_block(key, block, start, stop)
             parts.append(data)
             if len(data) < stop - start:
                 break        # the end of the object
         return b"".join(parts)
+
+    def _read_block(self, key: str, block: int, start: int, stop: int) -> bytes:
+        name = self._name(key, block)
+        while True:      # again if it was evicted between the looks
+            data = self._cached(name, start, stop - start)
+            if data is not None:
+                self.hits += 1
+                return data
+            fut = self._future(key, block)
+            if fut is not None:
+                self.misses += 1
+                return fut.result()[start:stop]
 
     def get(self, key: str) -> bytes:
         return self.backend.get(key)

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MULTIPART = 8 << 20          # put_file uploads files this large in parts of this size
+# put_file uploads files this large in parts of half this size; smaller ones (every
+# pack of the default 16 MiB) in one streamed PUT: one request instead of five
+MULTIPART = 32 << 20
 BACKOFF_BASE = 0.05          # seconds: the first retry waits up to this, then doubling ...
 BACKOFF_CAP = 2.0            # ... up to this
 RETRY_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
@@ -84,7 +86,7 @@ class S3Store(ObjectStore):
         except (BotoCoreError, ValueError) as e:   # a bad profile, region or endpoint URL
             raise StoreConfigError(f"S3 store {self.url}: {e}") from e
         self._transfer = create_transfer_manager(self._client, TransferConfig(
-            multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART, max_concurrency=4,
+            multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART // 2, max_concurrency=4,
             use_threads=True, preferred_transfer_client="classic"))
         self._lock = threading.Lock()
         self._bucket_ok = False
@@ -156,7 +158,10 @@ class S3Store(ObjectStore):
         except FileNotFoundError as e:
             raise NoSuchObject(f"no file {path}") from e
         if size < MULTIPART:
-            self.put(key, path.read_bytes())
+            def put() -> None:
+                with open(path, "rb") as body:    # opened per attempt: a retry rereads it
+                    self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body)
+            self._call("PutObject", key, put)
         else:
             self._call("Upload", key, lambda: self._transfer.upload(
                 str(path), self.bucket, self._key(key)).result())

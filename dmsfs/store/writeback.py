@@ -61,6 +61,8 @@ def _fsync_dir(path: Path) -> None:
 class WriteBack(ObjectStore):
     """An ObjectStore whose writes go through a local spool to `backend`."""
 
+    remote = True
+
     def __init__(self, backend: ObjectStore, spool_dir: Path,
                  fence: Callable[[], bool] = lambda: True) -> None:
         self.backend = backend

@@ -219,7 +219,7 @@ def test_put_file_consumes_the_file(proxied: S3Store, fault_proxy: FaultProxy,
     multipart = [t for m, t in fault_proxy.seen if m == "POST" and t.endswith("?uploads")]
     assert len(multipart) == (1 if size >= MULTIPART else 0)
     if size >= MULTIPART:
-        assert fault_proxy.requests["PUT"] == -(-size // MULTIPART)   # the parts
+        assert fault_proxy.requests["PUT"] == -(-size // (MULTIPART // 2))   # the parts
 
 
 def test_put_file_retries_the_upload(proxied: S3Store, fault_proxy: FaultProxy,
