@@ -4,8 +4,8 @@
                                       [--workdir DIR] [--reps N] [--profile]
 
 Sections (in this order): ingest, smallfiles, reads, dedup, rss, from
-snapshots.py snapshot, diff, snapread, lsR, and from validation.py validate,
-validate1g, rowdiff.  Each prints
+snapshots.py snapshot, diff, snapread, lsR, from validation.py validate,
+validate1g, rowdiff, and from s3.py s3ingest, s3coldread, s3smallfiles, s3puts.  Each prints
 figures with their ratio to a baseline measured in the same run; the table goes
 to stdout, progress to stderr, everything to bench/out/results.json.
 
@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # run with python -P: the helper modules live beside this file
 
 import baselines  # noqa: E402
+import s3  # noqa: E402
 import snapshots  # noqa: E402
 import validation  # noqa: E402
 import workload  # noqa: E402
@@ -63,7 +64,7 @@ from benchlib import (  # noqa: E402
 from dmsd import PEAK, PYSPY, CpuMeter, Daemon, Spy, summarize_pyspy, warn_log_errors  # noqa: E402
 
 SECTIONS = ["ingest", "smallfiles", "reads", "dedup", "rss", *snapshots.SECTIONS,
-            *validation.SECTIONS]
+            *validation.SECTIONS, *s3.SECTIONS]
 OUT = HERE / "out"
 
 
@@ -704,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         data = work / ("data-quick" if args.quick else "data")
         tools = baselines.Tools()
         info: dict[str, Any] = {}
-        if not set(wanted) <= set(validation.SECTIONS):  # those need neither
+        if not set(wanted) <= {*validation.SECTIONS, *s3.OWN_DATA}:  # those need neither
             info = workload.prepare(data, params, log)
             tools.ensure()
             for k, v in tools.why.items():
@@ -717,11 +718,15 @@ def main(argv: list[str] | None = None) -> int:
         if set(wanted) & set(validation.SECTIONS):
             ctx.valinfo = validation.prepare(work, args.quick)
             results["validation_data"] = ctx.valinfo
+        if set(wanted) & set(s3.SECTIONS):
+            results["s3_data"] = s3.prepare(work, args.quick)
         funcs = {"ingest": sec_ingest, "smallfiles": sec_smallfiles, "reads": sec_reads,
                  "dedup": sec_dedup, "rss": sec_rss, "snapshot": snapshots.sec_snapshot,
                  "diff": snapshots.sec_diff, "snapread": snapshots.sec_snapread,
                  "lsR": snapshots.sec_lsR, "validate": validation.sec_validate,
-                 "validate1g": validation.sec_validate1g, "rowdiff": validation.sec_rowdiff}
+                 "validate1g": validation.sec_validate1g, "rowdiff": validation.sec_rowdiff,
+                 "s3ingest": s3.sec_s3ingest, "s3coldread": s3.sec_s3coldread,
+                 "s3smallfiles": s3.sec_s3smallfiles, "s3puts": s3.sec_s3puts}
         for name in SECTIONS:
             if name not in wanted:
                 continue
