@@ -19,6 +19,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.backends("file", "s3")
+
 KiB = 1024
 
 WORKER = r'''

@@ -23,8 +23,11 @@ from dmsfs import staging
 from dmsfs.chunkstore import pack_key
 from dmsfs.client import Client
 from dmsfs.staging import StagingFile
-from dmsfs.store.local import LocalStore
+from dmsfs.store import open_store
+from stored import endpoint, flush_to_store, stored_packs, upload_spool
 from trees import file_sha, sha
+
+pytestmark = pytest.mark.backends("file", "s3")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -58,11 +61,6 @@ def tree_shas(root: Path) -> dict[str, str]:
 def staged_bytes(daemon: Any) -> int:
     """Bytes in staging files (chunks not yet sealed into packs)."""
     return sum(p.stat().st_size for p in (daemon.state / "staging").glob("*.dat"))
-
-
-def pack_files(daemon: Any) -> list[Path]:
-    return sorted(p for p in (daemon.store / "packs").rglob("*") if p.is_file()) \
-        if (daemon.store / "packs").exists() else []
 
 
 def assert_fsck_clean(daemon: Any) -> dict[str, Any]:
@@ -121,17 +119,17 @@ def test_unsealed_staged_data_survives_kill9(daemon_factory) -> None:
     (ds / "big.bin").write_bytes(big)
     small = write_files(ds, 40, seed=6)
     # well within the 2 s of idleness after which staged data is sealed
-    assert pack_files(d) == []
+    assert stored_packs(d) == {}
     assert staged_bytes(d) >= len(big)
     d.kill9()
-    assert pack_files(d) == []  # the crash came before any pack was made
+    assert stored_packs(d) == {}  # the crash came before any pack was made
     d.start()
     assert file_sha(ds / "big.bin") == sha(big)
     for name, digest in small.items():
         assert file_sha(ds / name) == digest
     # recovery seals what the dead daemon had staged
-    d.ctl("flush", check=True)
-    assert pack_files(d) != []
+    flush_to_store(d)
+    assert stored_packs(d) != {}
     assert staged_bytes(d) == 0
     assert_fsck_clean(d)
     assert d.stop() == 0
@@ -364,7 +362,9 @@ def test_kill9_while_a_pack_is_being_stored(daemon, ds, stage: str) -> None:
     os.close(sf.fd)
     os.close(sf.idx_fd)
     if stage == "stored":                              # step 2 done, not step 3
-        LocalStore(daemon.store).put_file(pack_key(sid), sf.data_path)
+        store = open_store(daemon.url, s3_endpoint=endpoint(daemon))
+        store.put_file(pack_key(sid), sf.data_path)    # S3: as if uploaded from the spool
+        store.close()
         assert not sf.data_path.exists()
     daemon.start()
     assert file_sha(ds / "f.bin") == sha(data)
@@ -422,6 +422,7 @@ def test_clean_stop_exits_0_and_keeps_everything(daemon, ds, how: str) -> None:
     # nothing left half-done: every staged chunk went into a pack in the store
     assert staged_bytes(daemon) == 0
     assert list((daemon.state / "staging").glob("*.idx")) == []
+    assert upload_spool(daemon) == []  # S3: and uploaded before the exit
     daemon.start()
     assert tree_shas(ds) == expect
     assert_fsck_clean(daemon)

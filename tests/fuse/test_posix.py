@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from trees import file_sha, sha
 
+pytestmark = pytest.mark.backends("file", "s3")
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -826,6 +828,8 @@ def test_inode_numbers_stable(daemon: Any, ds: Path) -> None:
         assert entry.inode() == before[ds / "d0" / entry.name]
 
 
+# empty files: all of it is in the state dir's index, none in the store; ~70 s a run
+@pytest.mark.backends("file")
 def test_huge_directory(daemon: Any, ds: Path) -> None:
     """100,000 entries: all created, all listed, and again after a remount."""
     big = ds / "big"

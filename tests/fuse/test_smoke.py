@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
+
+pytestmark = pytest.mark.backends("file", "s3")
+
 
 def test_write_remount_read(daemon, ds) -> None:
     data = os.urandom(300_000)

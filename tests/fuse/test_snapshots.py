@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from trees import State, VERSION_LINE, file_sha, sha, tree_state, user_xattrs
 
+pytestmark = pytest.mark.backends("file", "s3")
+
 KiB = 1024
 MiB = 1024 * KiB
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")

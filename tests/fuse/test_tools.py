@@ -18,6 +18,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.backends("file", "s3")
+
 KiB = 1024
 MiB = 1024 * KiB
 
