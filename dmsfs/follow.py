@@ -37,6 +37,7 @@ async def follow(repo: Repo, vfs: Vfs, interval: float) -> None:
                 failing = False
                 continue
             before = _latest(repo)
+            tags_before = _tags(repo)
             new = await repo.refresh()
             last = head
         except DmsfsError as e:
@@ -45,15 +46,24 @@ async def follow(repo: Repo, vfs: Vfs, interval: float) -> None:
             failing = True
             continue
         failing = False
-        await _show(repo, vfs, before)
+        await _show(repo, vfs, before, tags_before)
         log.info("followed the store: %d new versions", new)
 
 
-async def _show(repo: Repo, vfs: Vfs, before: dict[str, int]) -> None:
+def _tags(repo: Repo) -> dict[str, set[str]]:
+    """Each dataset's tag names."""
+    return {ds: {t for r in repo.versions.list(ds) for t in r.tags}
+            for ds in repo.versions.datasets()}
+
+
+async def _show(repo: Repo, vfs: Vfs, before: dict[str, int],
+                tags_before: dict[str, set[str]]) -> None:
     """Make what refresh() indexed visible through the mount."""
     await vfs.ensure_datasets()
     for dataset, number in _latest(repo).items():
         if before.get(dataset, number) != number:
             await Restorer(vfs).run(dataset, "latest", None)
+        # removed tags too: the kernel keeps snapshot names for a day
         tags = {t for r in repo.versions.list(dataset) for t in r.tags}
+        tags |= tags_before.get(dataset, set())
         await repo.versions.tell(dataset, [b"@latest", *(f"@{t}".encode() for t in tags)])

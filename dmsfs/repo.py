@@ -308,7 +308,9 @@ class Repo:
                 problems.append(f"pack {key} is missing from the store "
                                 f"({len(by_pack.get(pid, []))} chunks lost)")
                 continue
-            actual = await trio.to_thread.run_sync(self.store.size, key, limiter=self.chunks.io)
+            # the store's own answer, not the cache's (which knows sizes from the index)
+            sizer = self.disk_cache.backend.size if self.disk_cache else self.store.size
+            actual = await trio.to_thread.run_sync(sizer, key, limiter=self.chunks.io)
             if actual != size:
                 problems.append(f"pack {key} has {actual} bytes, the index expects {size}")
                 continue

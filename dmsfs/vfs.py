@@ -833,6 +833,7 @@ class Vfs:
                 root = self._get(t, ROOT_INO)
                 self._new_inode(t, ROOT_INO, dataset.encode(), stat.S_IFDIR | 0o755,
                                 root.uid, root.gid)
+            await self.kernel.forget_entry(ROOT_INO, dataset.encode())  # a cached miss
             await Restorer(self).run(dataset, "latest", None)
 
     # ------------------------------------------------------------ file system

@@ -94,8 +94,12 @@ class BlockCache(ObjectStore):
             self._lru.move_to_end(name)
         try:
             fd = os.open(self.dir / name, os.O_RDONLY)
-        except FileNotFoundError:
-            return None      # evicted meanwhile
+        except FileNotFoundError:   # evicted meanwhile, or removed behind our back
+            with self._lock:
+                size = self._lru.pop(name, None)
+                if size is not None:
+                    self.bytes -= size
+            return None
         try:
             os.utime(fd)     # the LRU order after a restart
             return os.pread(fd, length, offset)

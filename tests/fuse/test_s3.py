@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 from trees import VERSION_LINE, file_sha, tree_state
 
+from dmsfs.store.blockcache import BLOCK
+
 KiB = 1024
 MiB = 1024 * KiB
 POLL = ["--poll-interval", "1"]
@@ -371,7 +373,7 @@ def test_names_looked_up_before_they_existed_appear_on_a_read_only_mount(
 
 
 def test_a_version_is_never_visible_before_its_data(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     writer = daemon_factory(backend="s3", endpoint=fault_proxy.url).start()
     ds = writer.mnt / "ds"
     ds.mkdir()
@@ -470,7 +472,7 @@ def test_lease_takeover_after_expiry_and_the_old_writer_stops(
 
 @pytest.mark.daemon_errors_ok
 def test_a_writer_that_lost_its_lease_never_publishes_what_it_spooled(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     """A snapshots while the store is unreachable, then freezes; B takes over and
     snapshots.  A's spooled version must never reach the store: not when A wakes
     up (it stops), and not when A is started again later on its old state dir."""
@@ -530,7 +532,7 @@ def test_a_writer_restarted_after_kill_9_takes_its_lease_back_at_once(
 
 # ------------------------------------------------------------------ outages
 def test_cp_completes_through_an_outage_and_the_spool_drains(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any, tmp_path: Path) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any, tmp_path: Path) -> None:
     writer = daemon_factory(backend="s3", endpoint=fault_proxy.url).start()
     src = tmp_path / "src"
     expected = write_files(src, seed=10, count=400, low=1, high=24 * KiB)
@@ -627,7 +629,7 @@ def only_store_errors(d: Any) -> None:
 
 @pytest.mark.daemon_errors_ok
 def test_reads_fail_with_eio_within_the_timeout_while_the_store_is_unreachable(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     writer, reader, data = outage_reader(daemon_factory, moto_server, fault_proxy)
     fault_proxy.down()
     try:
@@ -642,7 +644,7 @@ def test_reads_fail_with_eio_within_the_timeout_while_the_store_is_unreachable(
 
 @pytest.mark.daemon_errors_ok
 def test_reads_fail_with_eio_within_the_timeout_while_the_store_hangs(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     writer, reader, data = outage_reader(daemon_factory, moto_server, fault_proxy)
     moto_server.pause()
     try:
@@ -655,7 +657,7 @@ def test_reads_fail_with_eio_within_the_timeout_while_the_store_hangs(
 
 
 def test_injected_slowdowns_are_retried_unseen(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any, tmp_path: Path) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     writer = daemon_factory(backend="s3", endpoint=fault_proxy.url).start()
     ds = writer.mnt / "ds"
     ds.mkdir()
@@ -689,9 +691,7 @@ def test_injected_slowdowns_are_retried_unseen(
 # ------------------------------------------------------------------ the disk cache
 def test_the_disk_cache_keeps_its_size_limit_and_survives_a_restart(
         daemon_factory: Any, moto_server: Any) -> None:
-    from dmsfs.store.blockcache import BLOCK
-
-    writer = daemon_factory(backend="s3", small=False).start()   # 16M packs
+    writer = daemon_factory(backend="s3", small=False).start()   # default (large) packs
     ds, small = writer.mnt / "ds", writer.mnt / "small"
     ds.mkdir()
     small.mkdir()
@@ -743,7 +743,7 @@ def test_the_disk_cache_keeps_its_size_limit_and_survives_a_restart(
 # ------------------------------------------------------------------ a full local disk
 @pytest.mark.daemon_errors_ok
 def test_a_full_state_disk_gives_enospc_and_loses_nothing_committed(
-        daemon_factory: Any, moto_server: Any, fault_proxy: Any) -> None:
+        fault_proxy: Any, moto_server: Any, daemon_factory: Any) -> None:
     writer = daemon_factory(backend="s3", endpoint=fault_proxy.url)
     with tmpfs(writer.state, "32m"):
         try:
