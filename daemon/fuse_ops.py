@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from dmsfs.errors import DmsfsError, NotFound, NotPermitted
+from dmsfs.errors import DmsfsError, NotFound
 from dmsfs.index import Inode
 from dmsfs.snapfs import is_snapshot
 from dmsfs.vfs import Vfs
@@ -207,7 +207,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise NotPermitted("hard links are not supported")
+        self.vfs.refuse_link(new_parent_inode)
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext

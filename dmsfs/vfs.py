@@ -170,6 +170,11 @@ class Vfs:
         if self.read_only or any(map(is_snapshot, inos)):
             raise ReadOnly()
 
+    def refuse_link(self, parent: int) -> None:
+        """Hard links: EROFS where nothing may change, else EPERM (not supported)."""
+        self._writable(parent)
+        raise NotPermitted("hard links are not supported")
+
     @staticmethod
     def _dataset_name(t: Txn, ino: int) -> str | None:
         """The name of dataset directory ino (None if ino is not one)."""
