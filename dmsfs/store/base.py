@@ -77,3 +77,47 @@ class ObjectStore(ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional hook
         """Release connections and file handles."""
+
+
+class Layer(ObjectStore):
+    """A store in front of another (cache, spool): every call it does not
+    override goes to the backend unchanged."""
+
+    remote = True    # layers are put only in front of remote stores
+
+    def __init__(self, backend: ObjectStore) -> None:
+        self.backend = backend
+        self.url = backend.url
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.backend.put(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.backend.put_file(key, path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.backend.put_if_absent(key, data)
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self.backend.get_tagged(key)
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
+        return self.backend.put_if_match(key, data, tag)
+
+    def get(self, key: str) -> bytes:
+        return self.backend.get(key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self.backend.get_range(key, offset, length)
+
+    def size(self, key: str) -> int:
+        return self.backend.size(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.backend.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(key)
+
+    def close(self) -> None:
+        self.backend.close()

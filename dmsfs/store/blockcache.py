@@ -15,11 +15,11 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .base import ObjectStore
+from .base import Layer, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,12 @@ def _cacheable(key: str) -> bool:
     return key.startswith("packs/")
 
 
-class BlockCache(ObjectStore):
+class BlockCache(Layer):
     """Ranged reads of packs through a bounded on-disk LRU of blocks."""
-
-    remote = True
 
     def __init__(self, backend: ObjectStore, cache_dir: Path, max_bytes: int,
                  block_size: int = BLOCK) -> None:
-        self.backend = backend
-        self.url = backend.url
+        super().__init__(backend)
         self.dir = cache_dir
         self.max_bytes = max_bytes
         self.block = block_size
@@ -199,29 +196,8 @@ class BlockCache(ObjectStore):
                 self.misses += 1
                 return fut.result()[start:stop]
 
-    def get(self, key: str) -> bytes:
-        return self.backend.get(key)
-
     def size(self, key: str) -> int:
         return self._size(key) if _cacheable(key) else self.backend.size(key)
-
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        self.backend.put(key, data)
-
-    def put_file(self, key: str, path: Path) -> None:
-        self.backend.put_file(key, path)
-
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self.backend.put_if_absent(key, data)
-
-    def get_tagged(self, key: str) -> tuple[bytes, str]:
-        return self.backend.get_tagged(key)
-
-    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
-        return self.backend.put_if_match(key, data, tag)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.backend.list(prefix)
 
     def delete(self, key: str) -> None:
         self.backend.delete(key)
@@ -236,4 +212,4 @@ class BlockCache(ObjectStore):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.backend.close()
+        super().close()

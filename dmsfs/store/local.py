@@ -24,7 +24,8 @@ TMP_DIR = ".tmp"
 CAS_LOCK = ".cas.lock"   # names starting with "." are never keys
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in this directory survive power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -70,7 +71,7 @@ class LocalStore(ObjectStore):
                 tmp.unlink()
         else:
             os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return True
 
     def _write_tmp(self, write: object) -> Path:
@@ -110,7 +111,7 @@ class LocalStore(ObjectStore):
             return
         # after the move: a staging file left behind by a crash must stay writable
         os.chmod(dest, 0o444)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         return self._publish(self._write_tmp(lambda f: f.write(data)), key, exclusive=True)
@@ -184,4 +185,4 @@ class LocalStore(ObjectStore):
             return
         except OSError as e:
             raise _os_error(e, key) from e
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)

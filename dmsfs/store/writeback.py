@@ -25,7 +25,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..errors import NoSpace, NoSuchObject, StoreError
-from .base import ObjectStore
+from .base import Layer, ObjectStore
+from .local import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,13 @@ class Entry:
     state: str = "queued"   # queued -> sending -> done
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class WriteBack(ObjectStore):
-    """An ObjectStore whose writes go through a local spool to `backend`."""
-
-    remote = True
+class WriteBack(Layer):
+    """An ObjectStore whose writes go through a local spool to `backend`; the few
+    mutable objects (the lease) change by compare-and-swap straight on it."""
 
     def __init__(self, backend: ObjectStore, spool_dir: Path,
                  fence: Callable[[], bool] = lambda: True) -> None:
-        self.backend = backend
-        self.url = backend.url
+        super().__init__(backend)
         self.dir = spool_dir
         # barriers upload only while this says the store is still ours (the lease)
         self.fence = fence
@@ -107,7 +98,7 @@ class WriteBack(ObjectStore):
             path = self.dir / f"{seq:016d}.{op}.{quote(key, safe='')}"
             try:
                 size = place(path)
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             except OSError as e:
                 path.unlink(missing_ok=True)
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -137,7 +128,10 @@ class WriteBack(ObjectStore):
         self._spool("put", key, place)
 
     def delete(self, key: str) -> None:
-        self._spool("del", key, lambda path: (path.touch(), 0)[1])
+        def place(path: Path) -> int:
+            path.touch()     # the name says it all
+            return 0
+        self._spool("del", key, place)
 
     # ------------------------------------------------------------ reads
     def _spooled(self, key: str) -> Entry | None:
@@ -179,16 +173,6 @@ class WriteBack(ObjectStore):
             if key not in latest:
                 yield key
         yield from (k for k, op in latest.items() if op == "put")
-
-    # the few mutable objects change by compare-and-swap, straight on the store
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self.backend.put_if_absent(key, data)
-
-    def get_tagged(self, key: str) -> tuple[bytes, str]:
-        return self.backend.get_tagged(key)
-
-    def put_if_match(self, key: str, data: bytes, tag: str) -> str | None:
-        return self.backend.put_if_match(key, data, tag)
 
     # ------------------------------------------------------------ uploading
     def _next(self) -> Entry | None:
@@ -281,4 +265,4 @@ class WriteBack(ObjectStore):
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=10)
-        self.backend.close()
+        super().close()
