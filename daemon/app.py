@@ -154,7 +154,9 @@ async def run(opts: DaemonOptions) -> None:
                 pyfuse3.close(unmount=True)
             with trio.move_on_after(SHUTDOWN_SEAL_SECONDS):
                 await repo.chunks.flush()
-                drain = SHUTDOWN_UPLOAD_SECONDS
+                # a daemon whose lease was taken over may not publish: no use waiting
+                lost = repo.lease is not None and repo.lease.lost
+                drain = 0 if lost else SHUTDOWN_UPLOAD_SECONDS
             nursery.cancel_scope.cancel()
     finally:
         repo.close(drain_seconds=drain)

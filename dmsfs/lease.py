@@ -6,6 +6,11 @@ daemons can never both believe they hold it.  It names its holder (host, pid,
 since) for the refusal message.  A holder that stops renewing loses it after
 the timeout; one whose process is gone from this very host loses it at once,
 so a daemon restarted after a crash does not wait.
+
+Each taking of the lease counts one generation up, and a clean stop leaves the
+object in place, marked released, so the count survives: a daemon that finds
+a generation other than the one it last held knows another writer changed the
+store since (see statedir.py).
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ class Holder:
     since: float
     expires: float
     token: str
+    generation: int = 0
+    released: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Holder:
-        return cls(**json.loads(raw))
+        doc = json.loads(raw)
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host} since {iso_time(int(self.since * 1e9))}"
@@ -72,34 +80,48 @@ class Lease:
         self._since = time.time()
         self._tag: str | None = None
         self._valid_until = 0.0      # monotonic: past it we may have lost the lease
+        self.generation = 0          # ours, once acquired
+        self.previous = 0            # the one found in the store before ours
+        self.lost = False            # another daemon took it over from us
 
-    def _doc(self) -> bytes:
+    def _doc(self, released: bool = False) -> bytes:
         return Holder(socket.gethostname(), os.getpid(), self._since,
-                      time.time() + self.timeout, self._token).encode()
+                      0.0 if released else time.time() + self.timeout, self._token,
+                      self.generation, released).encode()
 
     def acquire(self) -> None:
         """Take the lease or raise LeaseHeld naming who has it (blocking)."""
         started = time.monotonic()
+        while not self._try_acquire():
+            pass     # the object changed between our read and our write: look again
+        self._valid_until = started + self.timeout
+
+    def _try_acquire(self) -> bool:
+        self.previous, self.generation = 0, 1
         if self.store.put_if_absent(LEASE_KEY, self._doc()):
             _, self._tag = self.store.get_tagged(LEASE_KEY)
-        else:
-            try:
-                raw, tag = self.store.get_tagged(LEASE_KEY)
-            except NoSuchObject:
-                return self.acquire()     # released meanwhile
-            holder = Holder.decode(raw)
-            if holder.token != self._token:
-                if time.time() < holder.expires and not _gone(holder):
-                    left = holder.expires - time.time()
-                    raise LeaseHeld(f"another writer holds this store: {holder.describe()} "
-                                    f"(lease expires in {left:.0f} s unless renewed); "
-                                    "mount it with --read-only, or stop that daemon")
-                log.warning("taking over the writer lease of %s (%s)", holder.describe(),
-                            "process gone" if _gone(holder) else "expired")
-            self._tag = self.store.put_if_match(LEASE_KEY, self._doc(), tag)
-            if self._tag is None:
-                return self.acquire()     # someone else changed it: look again
-        self._valid_until = started + self.timeout
+            return True
+        try:
+            raw, tag = self.store.get_tagged(LEASE_KEY)
+        except NoSuchObject:
+            return False
+        holder = Holder.decode(raw)
+        if holder.token == self._token:
+            # our own write landed though its answer was lost (a retried request)
+            self.previous, self.generation, self._tag = holder.generation - 1, \
+                holder.generation, tag
+            return True
+        if not holder.released and time.time() < holder.expires and not _gone(holder):
+            left = holder.expires - time.time()
+            raise LeaseHeld(f"another writer holds this store: {holder.describe()} "
+                            f"(lease expires in {left:.0f} s unless renewed); "
+                            "mount it with --read-only, or stop that daemon")
+        if not holder.released:
+            log.warning("taking over the writer lease of %s (%s)", holder.describe(),
+                        "process gone" if _gone(holder) else "expired")
+        self.previous, self.generation = holder.generation, holder.generation + 1
+        self._tag = self.store.put_if_match(LEASE_KEY, self._doc(), tag)
+        return self._tag is not None
 
     def renew(self) -> bool:
         """Extend the lease; False if another daemon took it (blocking; store errors
@@ -109,6 +131,7 @@ class Lease:
         tag = self.store.put_if_match(LEASE_KEY, self._doc(), self._tag)
         if tag is None:
             self._valid_until = 0.0
+            self.lost = True
             return False
         self._tag = tag
         self._valid_until = started + self.timeout
@@ -119,11 +142,11 @@ class Lease:
         return time.monotonic() < self._valid_until
 
     def release(self) -> None:
-        """Give the lease up at a clean stop, if it is still ours."""
+        """Give the lease up at a clean stop, if it is still ours; the object stays,
+        marked released, to keep the generation count."""
         try:
-            raw, _ = self.store.get_tagged(LEASE_KEY)
-            if Holder.decode(raw).token == self._token:
-                self.store.delete(LEASE_KEY)
+            if self._tag is not None and not self.lost:
+                self.store.put_if_match(LEASE_KEY, self._doc(released=True), self._tag)
         except Exception as e:  # noqa: BLE001 -- it expires by itself anyway
             log.warning("could not release the writer lease: %s", e)
         self._valid_until = 0.0

@@ -30,6 +30,7 @@ from .store.layers import RemoteOptions, layered
 from .store.base import ObjectStore
 from .store.writeback import WriteBack
 from .schemas import Schemas
+from .statedir import adopt_generation
 from .versions import VersionRecord, Versions
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Repo:
         self.versions = Versions(self.index, self.chunks, store, self.schemas,
                                  read_only=read_only)
         self.lease: Lease | None = None
+        self.started_over = False   # the state dir was stale: rebuild from the store
         self.uploads = store if isinstance(store, WriteBack) else None
         self.disk_cache = store.backend if isinstance(store, WriteBack) else None
         if isinstance(self.disk_cache, BlockCache):
@@ -76,14 +78,16 @@ class Repo:
         config = load_or_init(backend, proposed, create=not read_only)
         state = state_dir or default_state_dir(config.store_id)
         state.mkdir(parents=True, exist_ok=True)
-        lease = None
+        lease, started_over = None, False
         if not read_only:
             lease = Lease(backend, lease_timeout)
             lease.acquire()
+            started_over = adopt_generation(state, lease.previous, lease.generation) is not None
         store = layered(backend, state, remote.cache_bytes,
                         fence=lease.held if lease else lambda: False)
         repo = cls(store, config, state, cache_bytes, read_only)
         repo.lease = lease
+        repo.started_over = started_over
         return repo
 
     def close(self, drain_seconds: float = 0) -> None:
@@ -170,8 +174,11 @@ class Repo:
         return decode_pack_index(table, count)
 
     async def index_is_blank(self) -> bool:
-        """True when the index knows no pack but the store has some: a new state dir
-        over an existing store (another machine, a lost state dir)."""
+        """True when the index must be built from the store: it knows no pack but
+        the store has some (a new state dir over an existing store: another
+        machine, a lost state dir), or the state dir was stale and set aside."""
+        if self.started_over:
+            return True
         with self.index.read() as t:
             if t.counter("packs"):
                 return False

@@ -510,6 +510,11 @@ def test_a_writer_that_lost_its_lease_never_publishes_what_it_spooled(
     wait_until(lambda: backlog(a)["objects"] == 0, 30, "A's spool settles")
     numbers = stored_versions(moto_server, b)
     assert len(set(numbers)) == len(numbers), f"two records share a number: {numbers}"
+    assert numbers == [("ds", 1), ("ds", 2)]
+    # A's unpublished work is set aside, not destroyed, and the log says where
+    kept = list((a.state / "superseded").glob("*/uploads/*.put.versions%2F*"))
+    assert kept, "A's spooled version record was deleted"
+    assert "another writer changed the store" in a.log.read_text()
     reader = reader_of(daemon_factory, b, moto_server).start()
     assert (reader.mnt / "ds" / "@v2" / "a.txt").read_bytes() == b"B's two"
     assert (a.mnt / "ds" / "@v2" / "a.txt").read_bytes() == b"B's two"

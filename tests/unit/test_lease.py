@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dmsfs.errors import LeaseHeld, NoSuchObject
+from dmsfs.errors import LeaseHeld
 from dmsfs.lease import LEASE_KEY, Holder, Lease, keep
 from dmsfs.stamps import iso_time
 from dmsfs.store.local import LocalStore
@@ -51,7 +51,10 @@ def test_acquire_names_this_process(store: LocalStore) -> None:
     assert (h.host, h.pid) == (socket.gethostname(), os.getpid())
     assert before - 1 <= h.since <= time.time()
     assert before + 29 <= h.expires <= time.time() + 31
-    assert set(json.loads(store.get(LEASE_KEY))) == {"host", "pid", "since", "expires", "token"}
+    assert set(json.loads(store.get(LEASE_KEY))) == {"host", "pid", "since", "expires", "token",
+                                                     "generation", "released"}
+    assert (h.generation, h.released) == (1, False)
+    assert (lease.previous, lease.generation) == (0, 1)
 
 
 def test_second_writer_is_refused_with_holder_named(store: LocalStore) -> None:
@@ -132,18 +135,51 @@ def test_no_takeover_of_a_live_process_or_another_host(store: LocalStore) -> Non
     assert "on some-other-host.example since" in str(e.value)
 
 
-def test_release_removes_only_our_own_lease(store: LocalStore) -> None:
+def test_release_frees_only_our_own_lease_and_keeps_the_count(store: LocalStore) -> None:
     lease = Lease(store, 30)
     lease.acquire()
     lease.release()
     assert not lease.held()
-    with pytest.raises(NoSuchObject):
-        store.get(LEASE_KEY)
-    Lease(store, 30).acquire()        # free again at once
+    h = stored(store)
+    assert h.released and h.generation == 1 and h.token == lease._token
+    again = Lease(store, 30)
+    again.acquire()                   # free again at once
+    assert (again.previous, again.generation) == (1, 2)
+    assert stored(store).generation == 2 and not stored(store).released
     # a lease someone else holds now stays
     other = plant(store, "elsewhere", 1, expires_in=3600)
     lease.release()
     assert stored(store) == other
+
+
+def test_each_taking_counts_one_generation_up(store: LocalStore) -> None:
+    a = Lease(store, 0.3)
+    a.acquire()
+    time.sleep(0.4)
+    b = Lease(store, 30)
+    b.acquire()                       # took the expired lease over
+    assert (b.previous, b.generation) == (1, 2)
+    assert a.renew() is False and a.lost
+    b.release()
+    a2 = Lease(store, 30)
+    a2.acquire()
+    assert (a2.previous, a2.generation) == (2, 3)
+
+
+def test_a_lease_from_an_older_daemon_without_a_count(store: LocalStore) -> None:
+    store.put(LEASE_KEY, json.dumps({"host": "elsewhere", "pid": 1, "since": 0.0,
+                                     "expires": 1.0, "token": "old"}).encode())
+    lease = Lease(store, 30)
+    lease.acquire()
+    assert (lease.previous, lease.generation) == (0, 1)
+
+
+def test_an_acquire_whose_answer_was_lost_finds_its_own_lease(store: LocalStore) -> None:
+    lease = Lease(store, 30)
+    lease.generation = 4
+    store.put(LEASE_KEY, lease._doc())        # our write landed; the answer did not
+    lease.acquire()
+    assert lease.held() and (lease.previous, lease.generation) == (3, 4)
 
 
 def test_renew_fails_once_another_daemon_wrote_the_lease(store: LocalStore) -> None:
