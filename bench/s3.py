@@ -100,7 +100,7 @@ SMALL_MIN, SMALL_MAX = 1024, 16 * 1024
 DELAY = 0.020                 # seconds the proxy adds to every request
 DS = "ds"
 PREFIX = "store"              # s3://BUCKET/store
-BLOCK = 4 << 20               # the daemon's disk-cache block (dmsfs.store.blockcache.BLOCK)
+BLOCK = 4 << 20               # the ceiling's ranged GETs
 FETCHERS = 8                  # its fetch threads (blockcache.FETCHERS)
 
 

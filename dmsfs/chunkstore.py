@@ -319,6 +319,14 @@ class ChunkStore:
             raise RuntimeError("ChunkStore.run() is not running")
         self._nursery.start_soon(fn, *args)
 
+    def warm(self, cid: bytes) -> None:
+        """Let the store bring one chunk's stored bytes near (deep read-ahead from a
+        remote store into its disk cache: no request waits, no memory is held)."""
+        with self.index.read() as t:
+            loc = t.get_location(cid)
+        if loc is not None and not loc.flags & FLAG_STAGED:
+            self.store.prefetch(pack_key(loc.container), loc.offset, loc.stored_len)
+
     def prefetch(self, cid: bytes) -> None:
         """Start warming the cache with one chunk (read-ahead)."""
         if cid not in self.cache and cid not in self._fetching:

@@ -61,6 +61,8 @@ DATASET_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 READ_AHEAD_CHUNKS = 2
 # a remote store answers in tens of ms: keep enough in flight to hide that, across packs
 REMOTE_READ_AHEAD_CHUNKS = 24
+# and further ahead, into its disk cache only (memory holds just the nearer chunks)
+REMOTE_WARM_AHEAD_CHUNKS = 96
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Handle:
     ino: int
     uid: int = 0
     next_offset: int = 0
+    warmed: int = 0      # chunks before this one were handed to the store's read-ahead
 
 
 @dataclass
@@ -143,7 +146,9 @@ class Vfs:
         self.index = repo.index
         self.read_only = repo.read_only
         self.versions_visible = versions_visible
-        self._read_ahead = REMOTE_READ_AHEAD_CHUNKS if repo.store.remote else READ_AHEAD_CHUNKS
+        remote = repo.store.remote
+        self._read_ahead = REMOTE_READ_AHEAD_CHUNKS if remote else READ_AHEAD_CHUNKS
+        self._warm_ahead = REMOTE_WARM_AHEAD_CHUNKS if remote else 0
         self.snaps = Snapshots(repo.versions)
         self.kernel: KernelCache = NoKernelCache()
         repo.versions.listeners.append(self._versions_changed)
@@ -612,11 +617,7 @@ class Vfs:
         content = state.content
         spans = list(content.spans(offset, offset + length))
         if sequential and spans:
-            # ask for what comes next before waiting for what is asked now
-            nxt = spans[-1][0] + 1
-            for cid, _ in content.chunks[nxt : nxt + self._read_ahead]:
-                if cid != HOLE:
-                    self.repo.chunks.prefetch(cid)
+            self._ask_ahead(h, content, spans[-1][0] + 1)
         parts: list[bytes | memoryview] = []
         for _, _, cid, lo, hi in spans:
             # views, not slices: a 1 MiB read is then copied once, into the reply
@@ -625,6 +626,17 @@ class Vfs:
         if len(parts) == 1:
             return parts[0]
         return b"".join(parts)
+
+    def _ask_ahead(self, h: Handle, content: ChunkList, nxt: int) -> None:
+        """Ask for what follows chunk nxt before waiting for what is asked now."""
+        for cid, _ in content.chunks[nxt : nxt + self._read_ahead]:
+            if cid != HOLE:
+                self.repo.chunks.prefetch(cid)
+        end = nxt + self._warm_ahead
+        for cid, _ in content.chunks[max(h.warmed, nxt + self._read_ahead) : end]:
+            if cid != HOLE:
+                self.repo.chunks.warm(cid)
+        h.warmed = max(h.warmed, end)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         self._writable()

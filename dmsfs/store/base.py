@@ -75,6 +75,10 @@ class ObjectStore(ABC):
         """Space left for new objects, when the backend knows it."""
         return None
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:  # noqa: B027
+        """A hint that this range will be read soon; returns at once.  Stores with
+        a local cache start bringing it near; the others ignore it."""
+
     def close(self) -> None:  # noqa: B027 -- optional hook
         """Release connections and file handles."""
 
@@ -118,6 +122,9 @@ class Layer(ObjectStore):
 
     def delete(self, key: str) -> None:
         self.backend.delete(key)
+
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        self.backend.prefetch(key, offset, length)
 
     def close(self) -> None:
         self.backend.close()

@@ -6,7 +6,9 @@ the least recently used.  Block files survive restarts (their mtimes give the
 order back).  A miss fetches the whole block: neighbouring small chunks come
 with it, so a random walk over small files costs a request per block, not per
 file.  Sequential readers get read-ahead: the next blocks of the same pack are
-fetched in parallel, so a cold read is not one round trip per chunk.
+fetched in parallel, so a cold read is not one round trip per chunk.  Packs
+run a little over their target size, so a short tail joins the block before
+it: a pack costs two requests, not three.
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ class BlockCache(Layer):
             self.bytes -= size
             (self.dir / name).unlink(missing_ok=True)
 
-    def _cached(self, name: str, offset: int, length: int) -> bytes | None:
+    def _cached(self, name: str, offset: int, length: int, block_len: int) -> bytes | None:
         with self._lock:
-            if name not in self._lru:
+            if self._lru.get(name) != block_len:   # absent, or cut another way once
                 return None
             self._lru.move_to_end(name)
         try:
@@ -103,8 +105,23 @@ class BlockCache(Layer):
         finally:
             os.close(fd)
 
+    def _last(self, key: str) -> int:
+        """The index of a pack's last block, which takes in a tail under half a block."""
+        size = self._size(key)
+        last = max(0, (size - 1) // self.block)
+        if last and size - last * self.block < self.block // 2:
+            last -= 1
+        return last
+
+    def _span(self, key: str, block: int) -> tuple[int, int]:
+        """Where a block starts in its pack, and its length."""
+        start = block * self.block
+        if block == self._last(key):
+            return start, self._size(key) - start
+        return start, self.block
+
     def _fetch(self, key: str, block: int, name: str) -> bytes:
-        data = self.backend.get_range(key, block * self.block, self.block)
+        data = self.backend.get_range(key, *self._span(key, block))
         if len(data) > self.max_bytes:
             return data
         with self._lock:     # room first: the limit holds for blocks on their way in too
@@ -117,6 +134,9 @@ class BlockCache(Layer):
             tmp.write_bytes(data)
             os.rename(tmp, self.dir / name)
             with self._lock:
+                old = self._lru.pop(name, None)
+                if old is not None:       # a block file cut another way once
+                    self.bytes -= old
                 self._lru[name] = len(data)
         except OSError as e:    # a full disk costs the cache, not the read
             tmp.unlink(missing_ok=True)
@@ -129,8 +149,9 @@ class BlockCache(Layer):
         """The fetch of a block, started now unless it runs already; None when the
         block is in the cache (it may have arrived since the caller looked)."""
         name = self._name(key, block)
+        block_len = self._span(key, block)[1]
         with self._lock:
-            if name in self._lru:
+            if self._lru.get(name) == block_len:
                 return None
             fut = self._inflight.get(name)
             if fut is not None:
@@ -158,36 +179,45 @@ class BlockCache(Layer):
             self._pool.submit(self._fetch_ahead, key, last)
 
     def _fetch_ahead(self, key: str, last: int) -> None:
-        end = min(last + READ_AHEAD_BLOCKS, (self._size(key) - 1) // self.block)
-        for block in range(last + 1, end + 1):
+        for block in range(last + 1, min(last + READ_AHEAD_BLOCKS, self._last(key)) + 1):
             self._future(key, block)
 
     def _size(self, key: str) -> int:
-        size = self._sizes.get(key) or self.size_hint(key)
+        size = self._sizes.get(key)
         if size is None:
-            size = self._sizes[key] = self.backend.size(key)
+            size = self.size_hint(key)
+            if size is None:
+                size = self.backend.size(key)
+            self._sizes[key] = size
         return size
+
+    def _blocks(self, key: str, offset: int, length: int) -> range:
+        """The blocks that hold a byte range of a pack."""
+        last = self._last(key)
+        return range(min(offset // self.block, last),
+                     min((offset + max(length, 1) - 1) // self.block, last) + 1)
 
     # ------------------------------------------------------------ the interface
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         if offset < 0 or not _cacheable(key):
             return self.backend.get_range(key, offset, length)
-        first, last = offset // self.block, (offset + max(length, 1) - 1) // self.block
-        self._read_ahead(key, first, last)
+        blocks = self._blocks(key, offset, length)
+        self._read_ahead(key, blocks[0], blocks[-1])
         parts = []
-        for block in range(first, last + 1):
-            start = max(offset, block * self.block) - block * self.block
-            stop = min(offset + length, (block + 1) * self.block) - block * self.block
-            data = self._read_block(key, block, start, stop)
-            parts.append(data)
-            if len(data) < stop - start:
-                break        # the end of the object
+        for block in blocks:
+            at, block_len = self._span(key, block)
+            start = max(offset, at) - at
+            stop = min(offset + length, at + block_len) - at
+            if stop <= start:
+                break        # past the end of the object
+            parts.append(self._read_block(key, block, start, stop, block_len))
         return b"".join(parts)
 
-    def _read_block(self, key: str, block: int, start: int, stop: int) -> bytes:
+    def _read_block(self, key: str, block: int, start: int, stop: int, block_len: int
+                    ) -> bytes:
         name = self._name(key, block)
         while True:      # again if it was evicted between the looks
-            data = self._cached(name, start, stop - start)
+            data = self._cached(name, start, stop - start, block_len)
             if data is not None:
                 self.hits += 1
                 return data
@@ -195,6 +225,14 @@ class BlockCache(Layer):
             if fut is not None:
                 self.misses += 1
                 return fut.result()[start:stop]
+
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        if not _cacheable(key) or offset < 0:
+            return
+        if key not in self._sizes and self.size_hint(key) is None:
+            return   # its size would take a request, on a thread that must not wait
+        for block in self._blocks(key, offset, length):
+            self._future(key, block)
 
     def size(self, key: str) -> int:
         return self._size(key) if _cacheable(key) else self.backend.size(key)

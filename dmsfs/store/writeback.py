@@ -162,6 +162,12 @@ class WriteBack(Layer):
         data = self._read_spooled(key, offset, length)
         return self.backend.get_range(key, offset, length) if data is None else data
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        with self._cond:
+            spooled = key in self._latest
+        if not spooled:      # a spooled object is read from the spool
+            self.backend.prefetch(key, offset, length)
+
     def size(self, key: str) -> int:
         entry = self._spooled(key)
         return self.backend.size(key) if entry is None else entry.size

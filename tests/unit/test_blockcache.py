@@ -112,9 +112,34 @@ def test_ranges_across_blocks(store: CountingStore,
     assert cache.get_range(key, len(data), 10) == b""
     assert cache.size(key) == len(data)
     settle(cache)
-    # every block was fetched once: the rest were hits
-    assert store.block_reads(key) == [0, 1, 2, 3, 4, 5]
+    # every block was fetched once: the rest were hits; the short tail came with block 4
+    assert store.block_reads(key) == [0, 1, 2, 3, 4]
+    assert (key, 4 * BLK, BLK + 123) in store.reads
     assert cache.stats()["hits"] > 0
+
+
+def test_a_tail_of_half_a_block_or_more_is_a_block_of_its_own(
+        store: CountingStore, make_cache: Callable[..., BlockCache]) -> None:
+    key, data = pack(store, 2, 2 * BLK + BLK // 2)
+    cache = make_cache(store, 100 * BLK)
+    assert cache.get_range(key, 0, len(data)) == data
+    settle(cache)
+    assert store.block_reads(key) == [0, 1, 2]
+    assert (key, 2 * BLK, BLK // 2) in store.reads
+
+
+def test_a_block_file_cut_another_way_is_fetched_again(
+        store: CountingStore, make_cache: Callable[..., BlockCache], tmp_path: Path) -> None:
+    key, data = pack(store, 3, 2 * BLK + 10)
+    # a block file of a cache that did not merge tails: block 1 holds BLK bytes only
+    (tmp_path / "cache").mkdir()
+    name = f"{key.replace('/', '_')}.1"
+    (tmp_path / "cache" / name).write_bytes(data[BLK:2 * BLK])
+    cache = make_cache(store, 100 * BLK)
+    assert cache.get_range(key, BLK, BLK + 10) == data[BLK:]
+    settle(cache)
+    assert (tmp_path / "cache" / name).stat().st_size == BLK + 10
+    assert cache.bytes == disk_bytes(tmp_path / "cache")
 
 
 def test_other_objects_and_negative_offsets_pass_through(
@@ -395,3 +420,20 @@ def test_a_block_file_removed_behind_the_caches_back_is_fetched_again(
         pytest.fail("a read of a block whose file is gone never returned")
     assert out == [data[:10]]
     assert store.block_reads(key).count(0) == 2
+
+
+def test_prefetch_starts_fetches_and_returns_at_once(
+        store: CountingStore, make_cache: Callable[..., BlockCache]) -> None:
+    key, data = pack(store, 4, 6 * BLK)
+    cache = make_cache(store, 100 * BLK)
+    cache.size_hint = lambda k: len(data) if k == key else None
+    cache.prefetch(key, 2 * BLK + 10, 2 * BLK)      # blocks 2, 3 and 4
+    settle(cache)
+    assert store.block_reads(key) == [2, 3, 4]
+    assert cache.get_range(key, 2 * BLK, 3 * BLK) == data[2 * BLK:5 * BLK]
+    assert cache.stats()["misses"] == 0
+    # a pack whose size only the store knows is left alone: learning it takes a request
+    other, _ = pack(store, 5, 3 * BLK)
+    cache.prefetch(other, 0, BLK)
+    settle(cache)
+    assert store.block_reads(other) == []
