@@ -51,6 +51,7 @@ from .snapfs import VERSION_COOKIE_BASE, Snapshots, is_snapshot
 from .writer import FileWriter, RingPool
 
 if TYPE_CHECKING:
+    from .validation.streaming import StreamedValidation
     from .validation.validator import Verdict
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ class Rule:
     fmt: str
 
 
+def _same_rule(a: Rule, b: Rule | None) -> bool:
+    """The same schema version applies to the same path in the same format."""
+    return b is not None and (a.dataset, a.path, a.version.number, a.fmt) == (
+        b.dataset, b.path, b.version.number, b.fmt)
+
+
 @dataclass
 class OpenInode:
     """Per-inode state shared by all of its open handles."""
@@ -93,6 +100,8 @@ class OpenInode:
     handles: int = 0
     writer: FileWriter | None = None
     fresh: bool = False          # created by this open and not yet committed
+    # validation running while the file is written, and the rule it applies
+    streamed: tuple[Rule, StreamedValidation] | None = None
     # Attribute changes (mode, uid, gid, atime_ns, mtime_ns, ctime_ns) made while
     # the file has uncommitted data: they commit with it, in one transaction.
     # Writes set mtime; the kernel sends its own ctime (writeback caching).
@@ -647,8 +656,26 @@ class Vfs:
             await writer.write(offset, data)
         state.attrs["mtime_ns"] = _now()
         if writer.wants_background_cut():
+            self._validate_as_written(ino, state, writer)
             self.repo.chunks.start_task(writer.background_cut)
         return len(data)
+
+    def _validate_as_written(self, ino: int, state: OpenInode, writer: FileWriter) -> None:
+        """Start validating a big file written front to back as its bytes are cut,
+        so close() does not read it all again."""
+        if writer.streaming or state.streamed is not None:
+            return
+        rule = self._schema_rule(ino)
+        if rule is None:
+            return
+        from .validation.streaming import STREAMABLE, StreamedValidation
+        if rule.fmt not in STREAMABLE:
+            return
+        stream = StreamedValidation(rule.version.validator, rule.fmt)
+        if writer.stream_to(stream):
+            state.streamed = (rule, stream)
+        else:
+            stream.abort()
 
     async def _commit(self, ino: int, state: OpenInode, uid: int = 0) -> None:
         writer = state.writer
@@ -658,9 +685,18 @@ class Vfs:
             if not writer.changed:
                 return
             result = await writer.commit()
+            whole = writer.take_stream() is not None
+            streamed, state.streamed = state.streamed, None
             rule = self._schema_rule(ino)
+            if streamed is not None and not (whole and _same_rule(streamed[0], rule)):
+                streamed[1].abort()
+                streamed = None
             if rule is not None:
-                verdict = await self._validate(result.content, rule)
+                if streamed is not None:
+                    verdict = await trio.to_thread.run_sync(streamed[1].verdict)
+                    log.info("validated %s/%s while it was written", rule.dataset, rule.path)
+                else:
+                    verdict = await self._validate(result.content, rule)
                 if not verdict.ok:
                     await self._refuse(ino, state, rule, verdict, uid)
             with self.index.write() as t:

@@ -14,7 +14,9 @@ Where new bytes wait, by how they arrive:
   there first if the write touches it.
 
 `dirty` holds every uncommitted byte range; `spooled` the part of it that is in
-the spool.  Committing re-chunks only the regions that changed: every committed
+the spool.  A file written front to back from empty may have a *stream*: every byte cut
+is also handed to it, in order (validation while the file arrives); any other
+kind of write drops it.  Committing re-chunks only the regions that changed: every committed
 chunk a write touched (plus the last chunk when the file grew right after it,
 so content-defined cut points come out as if the whole file had been chunked
 anew) and keeps the other chunks.  Zero gaps past the old end become holes.
@@ -27,6 +29,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -39,6 +42,14 @@ WINDOW = 8 * 1024 * 1024
 RING_CAP = 32 * 1024 * 1024
 MIN_HOLE = 64 * 1024
 INLINE_CUT = 128 * 1024
+
+
+class Stream(Protocol):
+    """What sees a file's bytes in order as they are cut."""
+
+    def feed(self, data: bytes, wait: bool = True) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class RingPool:
@@ -106,12 +117,15 @@ class FileWriter:
         self._cutting = False
         self._cut_done = trio.Event()
         self._precut_stale = False         # a write broke the precut: cut at commit only
+        self._stream: Stream | None = None
+        self._streamed = 0                 # bytes [0, _streamed) went to the stream
 
     @property
     def changed(self) -> bool:
         return bool(self.dirty) or self.truncated
 
     def close(self) -> None:
+        self._drop_stream()
         if self._spool is not None:
             os.close(self._spool)
             self._spool = None
@@ -239,6 +253,8 @@ class FileWriter:
     async def write(self, offset: int, data: bytes) -> None:
         """Record a write: appends into the ring, anything else into the spool."""
         end = offset + len(data)
+        if offset != self.size:
+            self._drop_stream()    # bytes it saw may change, or a gap comes
         if offset != self.size or not self._fits(len(data)):
             await self._quiesce()  # what follows may move bytes a running cut reads
         if offset == self.size:
@@ -252,6 +268,34 @@ class FileWriter:
             self._to_spool(offset, data)
         self.dirty.add(offset, end)
         self.size = max(self.size, end)
+
+    # ------------------------------------------------------------ the stream
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def stream_to(self, stream: Stream) -> bool:
+        """Hand every byte to stream as it is cut; only for a file that is empty
+        and has nothing cut yet (False otherwise, and stream is not used)."""
+        if self._stream is not None or self.base.size or self._pre is not None:
+            return False
+        self._stream, self._streamed = stream, 0
+        return True
+
+    def take_stream(self) -> Stream | None:
+        """After commit(): the stream, if it saw the whole file in order; else it
+        is aborted and None comes back."""
+        stream, whole = self._stream, self._streamed == self.size
+        self._stream = None
+        if stream is not None and not whole:
+            stream.abort()
+            return None
+        return stream
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream = None
 
     def _fits(self, n: int) -> bool:
         """An append fits the ring as it is: nothing a running cut reads moves."""
@@ -280,6 +324,7 @@ class FileWriter:
     async def truncate(self, size: int) -> None:
         """Shrink or grow to size; grown bytes read as zeros."""
         await self._quiesce()
+        self._drop_stream()
         if size > self.size and self._ring_len:
             self._spill_ring()  # the ring must end at EOF
         if size < self.size:
@@ -335,9 +380,11 @@ class FileWriter:
             return pieces[-1][2], pieces[-1][3]
         return None
 
-    def _cut_range(self, start: int, end: int, at_eof: bool) -> list[tuple[bytes, int]]:
-        """Cut and store [start, end) (worker thread); at_eof=False leaves the
-        unfinished last chunk out.  Returns the chunks made."""
+    def _cut_range(self, start: int, end: int, at_eof: bool, inline: bool = False
+                   ) -> list[tuple[bytes, int]]:
+        """Cut and store [start, end) (worker thread, or inline on the trio thread
+        for a small range); at_eof=False leaves the unfinished last chunk out.
+        Returns the chunks made."""
         made: list[tuple[bytes, int]] = []
         pos = start
         while pos < end:
@@ -353,6 +400,11 @@ class FileWriter:
                     self._locations[cid] = loc
                 made.append((cid, n))
                 at += n
+            stream = self._stream      # once: a write may drop it meanwhile
+            if stream is not None and pos == self._streamed:
+                # a copy: ring bytes are reused once cut; the trio thread never waits
+                stream.feed(bytes(buf[:at]), wait=not inline)
+                self._streamed += at
             pos += at
             del buf
         return made
@@ -417,7 +469,7 @@ class FileWriter:
                     a = pre.end
                 if self._cuttable(a, b):
                     # hashing a small range costs less than the hop to a thread
-                    out.extend(self._cut_range(a, b, True))
+                    out.extend(self._cut_range(a, b, True, inline=True))
                 else:
                     out.extend(await trio.to_thread.run_sync(self._cut_range, a, b, True,
                                                              limiter=self.chunks.cpu))
@@ -437,3 +489,4 @@ class FileWriter:
         self._pre = None
         self._precut_stale = False
         self._locations.clear()
+        self._drop_stream()

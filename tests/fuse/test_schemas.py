@@ -937,3 +937,84 @@ def test_row_diff_of_csv_with_values_spanning_lines(daemon: Any, ds: Path) -> No
     assert rows["files"] == [file_diff("docs/big.csv", "csv", changed=[
         {"key": {"id": 5}, "columns": ["text"], "old": {"id": 5, "text": para},
          "new": {"id": 5, "text": "edited\ntext"}}])]
+
+
+# ------------------------------------------------------------------ validated as written
+STREAMED = "validated ds/{} while it was written"
+
+
+def big_csv(rows: int, bad_at: int | None = None) -> bytes:
+    """A PEOPLE CSV of about 60 bytes a row; row bad_at (1-based) has id 0."""
+    out = [b"id,name,score,ok,day\n"]
+    for i in range(1, rows + 1):
+        ident = 0 if i == bad_at else i
+        out.append(b"%d,person number %08d,%d.5,true,2024-01-%02d\n" % (ident, i, i % 97,
+                                                                         i % 28 + 1))
+    return b"".join(out)
+
+
+def test_a_big_file_written_front_to_back_is_validated_as_it_arrives(
+        daemon: Any, people: Path, tmp_path: Path) -> None:
+    """Past the first cut (8 MiB here) validation runs beside the writes; the verdict
+    and the rejects record are those of the whole file."""
+    n = 400_000                                   # ~22 MiB
+    good = big_csv(n)
+    src = tmp_path / "good.csv"
+    src.write_bytes(good)
+    assert cp(src, people / "good.csv").returncode == 0
+    assert sha(people / "good.csv") == hashlib.sha256(good).hexdigest()
+    assert STREAMED.format("good.csv") in daemon.log.read_text()
+    bad = big_csv(n, bad_at=n - 5)                # in the last bytes: found at close
+    refused_overwrite(people, "good.csv", bad)
+    early = big_csv(n, bad_at=7)                  # in the first block: found early
+    refused_new(people, "early.csv", early)
+    assert rejects(daemon)[:2] == [
+        reject("early.csv", 7, "/id", "0 is less than the minimum of 1", 1, n),
+        reject("good.csv", n - 5, "/id", "0 is less than the minimum of 1", 1, n)]
+    assert STREAMED.format("early.csv") in daemon.log.read_text()
+    assert (people / "good.csv").read_bytes() == good
+
+
+def seek_back_and_write(path: Path, data: bytes, at: int, patch: bytes) -> int:
+    """Write data front to back, then patch bytes at `at`; close()'s errno or 0.
+    O_DIRECT: the kernel's page cache would otherwise merge the patch into pages
+    not yet sent, and the daemon would see the final bytes front to back."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.pwrite(fd, patch, at)
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            return e.errno or -1
+    return 0
+
+
+def test_a_big_file_not_written_front_to_back_is_judged_as_it_ends(
+        daemon: Any, people: Path) -> None:
+    """A write behind the end or a truncate makes what was validated meanwhile
+    worthless: the final content is validated at close, whatever it is."""
+    n = 400_000
+    bad = big_csv(n, bad_at=10)
+    at = bad.index(b"\n0,person") + 1
+    # a bad row mended by a write behind the end: accepted
+    assert seek_back_and_write(people / "mended.csv", bad, at, b"9") == 0
+    assert (people / "mended.csv").read_bytes() == bad[:at] + b"9" + bad[at + 1:]
+    # a good file broken behind the end: refused
+    good = big_csv(n)
+    assert seek_back_and_write(people / "broken.csv", good, at, b"0") == errno.EINVAL
+    assert not (people / "broken.csv").exists()
+    # a bad tail cut off by ftruncate before close: accepted
+    tail = b"0,bad,1,true,2024-01-01\n"
+    with open(people / "cut.csv", "wb") as f:
+        f.write(good + tail)
+        f.truncate(len(good))
+    assert (people / "cut.csv").read_bytes() == good
+    assert rejects(daemon)[0] == reject("broken.csv", 10, "/id",
+                                        "0 is less than the minimum of 1", 1, n)
+    log = daemon.log.read_text()
+    for name in ("mended.csv", "broken.csv", "cut.csv"):
+        assert STREAMED.format(name) not in log, name
