@@ -725,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                  "diff": snapshots.sec_diff, "snapread": snapshots.sec_snapread,
                  "lsR": snapshots.sec_lsR, "validate": validation.sec_validate,
                  "validate1g": validation.sec_validate1g, "rowdiff": validation.sec_rowdiff,
+                 "rowdiff10m": validation.sec_rowdiff10m,
                  "s3ingest": s3.sec_s3ingest, "s3coldread": s3.sec_s3coldread,
                  "s3smallfiles": s3.sec_s3smallfiles, "s3puts": s3.sec_s3puts}
         for name in SECTIONS:

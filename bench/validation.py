@@ -1,4 +1,5 @@
-"""Validation and row-diff sections of the bench: validate, validate1g, rowdiff (SPEC 5, 4).
+"""Validation and row-diff sections of the bench: validate, validate1g, rowdiff, rowdiff10m
+(SPEC 5, 4).
 
     validate    a flat schema (id integer >= 0, name string maxLength 32, score number, ok
                 boolean, day string format date; id and name required) on files of
@@ -19,6 +20,10 @@
                 the daemon's peak RSS (VmHWM) during it, and whether the counts are exact;
                 `dmsctl diff --rows --key id --json` wall time; the baseline is the same
                 work in this process (pq.read_table of both files + dmsfs.rowdiff.row_diff)
+    rowdiff10m  the same for two 10,000,000-row Parquet files (~180 MB each; the daemon
+                partitions them into hash buckets on disk): one GET /v1/diff on a
+                restarted daemon, its VmHWM (target <= 1 GiB) and exact counts; the
+                baseline is the whole-table path in this process (read both + row_diff)
 
 Every timed cp starts after `dmsctl flush` and a sync, on a fresh daemon per repetition
 (its first validation, which loads pyarrow in the daemon, is done before timing, with a
@@ -28,8 +33,9 @@ repetition.  The daemons of these sections are left out of the whole-run peak RS
 
 The data (under WORK/data-val, made once with pyarrow.compute's seeded random numbers,
 reused with --keep): a.*/b.* (1,000,000 rows, two seeds, in the three formats), bad.*,
-big-a.csv / big-b.csv (~1 GiB each; 256 MiB with --quick), diff-v1/v2.parquet.  With
---quick the tables have 200,000 rows; the targets are meant for the full sizes.
+big-a.csv / big-b.csv (~1 GiB each; 256 MiB with --quick), diff-v1/v2.parquet, and
+diff10m-v1/v2.parquet (made by rowdiff10m when first run).  With --quick the tables
+have 200,000 rows (2,000,000 for rowdiff10m); the targets are meant for the full sizes.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from typing import Any
 from benchlib import MB, BenchError, MiB, fresh, log, made_before, median, rate, rmtree, run
 from dmsd import DMSCTL, PEAK, CpuMeter, Daemon, warn_log_errors
 
-SECTIONS = ["validate", "validate1g", "rowdiff"]
+SECTIONS = ["validate", "validate1g", "rowdiff", "rowdiff10m"]
 GEN = 2                      # bump when the data below changes
 FORMATS = ("csv", "jsonl", "parquet")
 LABEL = {"csv": "CSV", "jsonl": "JSONL", "parquet": "Parquet"}
@@ -531,6 +537,31 @@ def sec_validate1g(ctx: Any) -> None:
 
 
 # ---------------------------------------------------------------- rowdiff
+def two_snapshots(d: Daemon, v1: Path, v2: Path) -> tuple[str, str]:
+    """Dataset tab with t.parquet = v1 in one snapshot and = v2 in the next; their names."""
+    c = api(d)
+    c.create_dataset("tab")
+    cp_ok(v1, d.mnt / "tab" / "t.parquet")
+    r1 = c.snapshot("tab", message="v1")
+    cp_ok(v2, d.mnt / "tab" / "t.parquet")
+    r2 = c.snapshot("tab", message="v2")
+    return f"tab@v{r1['number']}", f"tab@v{r2['number']}"
+
+
+def row_counts(result: dict[str, Any], expect: dict[str, int], problems: list[str],
+               who: str) -> dict[str, int] | None:
+    """The changed/added/removed counts of t.parquet in a row diff (problems noted)."""
+    files = (result.get("rows") or {}).get("files") or []
+    if len(files) != 1 or files[0].get("path") != "t.parquet":
+        problems.append(f"{who}: row diff of {[f.get('path') for f in files]} "
+                        "(expected t.parquet alone)")
+        return None
+    got = {k: files[0].get(k) for k in expect}
+    if got != expect:
+        problems.append(f"{who}: {got} (expected {expect})")
+    return got
+
+
 def sec_rowdiff(ctx: Any) -> None:
     info = ctx.valinfo
     data = data_dir(ctx.work)
@@ -543,13 +574,7 @@ def sec_rowdiff(ctx: Any) -> None:
     with PeakGuard():
         d = Daemon(fresh(root), "rowdiff").start()
         try:
-            c = api(d)
-            c.create_dataset("tab")
-            cp_ok(v1, d.mnt / "tab" / "t.parquet")
-            r1 = c.snapshot("tab", message="v1")
-            cp_ok(v2, d.mnt / "tab" / "t.parquet")
-            r2 = c.snapshot("tab", message="v2")
-            a, b = f"tab@v{r1['number']}", f"tab@v{r2['number']}"
+            a, b = two_snapshots(d, v1, v2)
             d.restart()  # a fresh daemon: its peak RSS from here on is the diff's
             c = api(d)
             hwm0 = d.rss().get("VmHWM", 0)
@@ -580,20 +605,9 @@ def sec_rowdiff(ctx: Any) -> None:
             warn_log_errors(d)
         ctx.keep_or_remove(root)
 
-    def counts(result: dict[str, Any], who: str) -> dict[str, int] | None:
-        files = (result.get("rows") or {}).get("files") or []
-        if len(files) != 1 or files[0].get("path") != "t.parquet":
-            problems.append(f"{who}: row diff of {[f.get('path') for f in files]} "
-                            "(expected t.parquet alone)")
-            return None
-        got = {k: files[0].get(k) for k in expect}
-        if got != expect:
-            problems.append(f"{who}: {got} (expected {expect})")
-        return got
-
-    got = counts(res, "API")
+    got = row_counts(res, expect, problems, "API")
     if ctl_res:
-        counts(ctl_res, "dmsctl diff --rows --json")
+        row_counts(ctl_res, expect, problems, "dmsctl diff --rows --json")
     modified = [m.get("path") for m in res.get("modified", [])]
     if modified != ["t.parquet"]:
         problems.append(f"API: modified files {modified} (expected ['t.parquet'])")
@@ -655,6 +669,98 @@ def sec_rowdiff(ctx: Any) -> None:
     ctx.row("rowdiff", "  in-process row_diff alone (tables in memory)", median(alone), "s")
 
 
+# ---------------------------------------------------------------- rowdiff10m
+def diff10m_files(work: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """diff10m-v1/v2.parquet: as diff-v1/v2 with 10 x CONF.rows rows (made once)."""
+    data = data_dir(work)
+    v1, v2, stamp = (data / "diff10m-v1.parquet", data / "diff10m-v2.parquet",
+                     data / "diff10m.json")
+    want = {"gen": GEN, "rows": 10 * CONF.rows}
+    if stamp.exists() and v2.exists():
+        info = json.loads(stamp.read_text())
+        if {k: info.get(k) for k in want} == want:
+            return v1, v2, info
+    t0 = time.monotonic()
+    t1, t2, ids = diff_tables(want["rows"])
+    write_parquet(t1, v1)
+    write_parquet(t2, v2)
+    info = {**want, "v1_rows": t1.num_rows, "v2_rows": t2.num_rows,
+            **{k: len(v) for k, v in ids.items()},
+            "bytes": [v1.stat().st_size, v2.stat().st_size],
+            "seconds": round(time.monotonic() - t0, 1)}
+    stamp.write_text(json.dumps(info, indent=1))
+    log(f"rowdiff10m data: generated in {info['seconds']} s: 2 x {v1.stat().st_size / MiB:.0f}"
+        " MiB")
+    return v1, v2, info
+
+
+def sec_rowdiff10m(ctx: Any) -> None:
+    v1, v2, info = diff10m_files(ctx.work)
+    expect = {"changed": DIFF_CHANGED, "added": DIFF_ADDED, "removed": DIFF_REMOVED}
+    raw: dict[str, Any] = {"expected": expect, "data": info}
+    ctx.raw["rowdiff10m"] = raw
+    problems: list[str] = []
+    root = ctx.work / "rowdiff10m"
+    with PeakGuard():
+        d = Daemon(fresh(root), "rowdiff10m").start()
+        try:
+            a, b = two_snapshots(d, v1, v2)
+            d.restart()  # a fresh daemon: its peak RSS from here on is the diff's
+            c = api(d)
+            hwm0 = d.rss().get("VmHWM", 0)
+            cpu = CpuMeter(d.pid)
+            cpu.start()
+            t0 = time.perf_counter()
+            res = c.diff(a, b, rows=True, key="id")
+            secs = time.perf_counter() - t0
+            usage = cpu.stop()
+            hwm = d.rss().get("VmHWM", 0)
+            d.check_alive()
+            scratch = d.state / "rowdiff"
+            left = [p.name for p in scratch.iterdir()] if scratch.exists() else []
+        finally:
+            d.stop()
+            warn_log_errors(d)
+        ctx.keep_or_remove(root)
+    got = row_counts(res, expect, problems, "API")
+    if left:
+        problems.append(f"bucket files left in the state dir: {left}")
+
+    # the whole-table path in this process, for comparison
+    import pyarrow.parquet as pq
+
+    from dmsfs.rowdiff import row_diff
+
+    warm_cache(v1, v2)
+    t0 = time.perf_counter()
+    rd = row_diff(pq.read_table(str(v1)), pq.read_table(str(v2)), ["id"], 20)
+    whole = time.perf_counter() - t0
+    if {"changed": rd.changed, "added": rd.added, "removed": rd.removed} != expect:
+        problems.append(f"in-process row_diff: {rd.changed, rd.added, rd.removed}")
+    del rd
+    raw.update(api_s=secs, hwm_before_kib=hwm0, hwm_after_kib=hwm, cpu=usage, counts=got,
+               whole_table_s=whole, problems=problems)
+    for p in problems:
+        log(f"[rowdiff10m] WRONG RESULT: {p}")
+    log(f"[rowdiff10m] {a} -> {b}: API {secs:.1f} s (daemon {usage['cores_busy']} cores "
+        f"busy); VmHWM {hwm0 / 1024:.0f} MiB before, {hwm / 1024:.0f} MiB after; "
+        f"whole-table path in-process {whole:.1f} s")
+
+    bad = "; ".join(problems)
+    n = info["v1_rows"]
+    ctx.row("rowdiff10m", f"row diff, 2 x {n:,}-row Parquet, 1,000 rows differ (API, "
+            "partitioned)", secs, "s", "in-process: read both + row_diff (whole tables)",
+            whole, note=bad[:300] if bad else "")
+    ctx.row("rowdiff10m", "  daemon peak RSS (VmHWM) during the diff", hwm / 1024, "MiB",
+            target="≤1,024 MiB", met=hwm <= 1024 * 1024,
+            note=f"{hwm0 / 1024:.0f} MiB before")
+    total = sum(got.values()) if got else None
+    ctx.row("rowdiff10m", "  rows found (changed / added / removed)", total, "rows",
+            target="400 / 300 / 300", met=got == expect and not problems,
+            note=(" / ".join(str(got[k]) for k in expect) if got else "") +
+            (f"; {bad[:250]}" if bad else ""))
+
+
 # ---------------------------------------------------------------- profiles
 def profile(ctx: Any, out: Path, wanted: list[str]) -> None:
     """py-spy profiles of the daemon (untimed): a validated cp of the 1,000,000-row CSV
@@ -692,16 +798,11 @@ def profile(ctx: Any, out: Path, wanted: list[str]) -> None:
         if "rowdiff" in wanted:
             d = Daemon(fresh(ctx.work / "rowdiff-prof"), "profile-rowdiff").start()
             try:
-                c = api(d)
-                c.create_dataset("tab")
-                cp_ok(data / "diff-v1.parquet", d.mnt / "tab" / "t.parquet")
-                c.snapshot("tab", message="v1")
-                cp_ok(data / "diff-v2.parquet", d.mnt / "tab" / "t.parquet")
-                c.snapshot("tab", message="v2")
+                a, b = two_snapshots(d, data / "diff-v1.parquet", data / "diff-v2.parquet")
                 d.restart()
                 c = api(d)
                 _spy(d, out, "rowdiff", "row diff (API), fresh daemon, then again",
-                     lambda: [c.diff("tab@v1", "tab@v2", rows=True, key="id") for _ in (1, 2)])
+                     lambda: [c.diff(a, b, rows=True, key="id") for _ in (1, 2)])
             finally:
                 d.stop()
             rmtree(ctx.work / "rowdiff-prof")
