@@ -345,6 +345,11 @@ def _bad_day(dates: pa.Array, shaped: pa.Array) -> pa.Array:
 
 
 def _bad_date(col: pa.Array) -> pa.Array:
+    try:  # the usual case: Arrow reads every value as a real day (it takes YYYY-MM-DD only)
+        pc.cast(col, pa.date32())
+        return pc.starts_with(col, "0000")
+    except pa.ArrowInvalid:
+        pass
     shaped = pc.match_substring_regex(col, DATE_RE)
     return pc.or_(pc.invert(shaped), pc.or_(pc.starts_with(col, "0000"), _bad_day(col, shaped)))
 

@@ -157,9 +157,10 @@ def _property_types(schema: Any) -> dict[str, set[str]]:
     return out
 
 
-def csv_value(s: str, types: set[str]) -> Any:
-    """A CSV cell as the JSON value its property's declared types make of it."""
-    if s == "":
+def csv_value(s: str | None, types: set[str]) -> Any:
+    """A CSV cell as the JSON value its property's declared types make of it (the
+    reader gives an empty cell as None)."""
+    if not s:
         return None
     if ("integer" in types or "number" in types) and re.fullmatch(INT_RE, s):
         return int(s)
@@ -189,8 +190,9 @@ def _csv_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
         f, read_options=pacsv.ReadOptions(block_size=BLOCK),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=False,
-            quoted_strings_can_be_null=False))
+            # an empty cell, quoted or not, is null (csv_value): the parser says so
+            column_types={n: pa.string() for n in names}, null_values=[""],
+            strings_can_be_null=True, quoted_strings_can_be_null=True))
     row = 0
 
     def convert(block: Block) -> None:
@@ -212,15 +214,16 @@ def _csv_blocks(f: IO[bytes], types: dict[str, set[str]]) -> Iterator[Block]:
 
 
 def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
-    """(typed column, rows the typed column may not represent exactly)."""
-    empty = pc.equal(col, "")
-    values = pc.if_else(empty, pa.scalar(None, pa.string()), col)
+    """(typed column, rows the typed column may not represent exactly); empty cells
+    are null already."""
+    values = col
     if "integer" in types or "number" in types:
         target = pa.float64() if "number" in types else pa.int64()
-        long = pc.fill_null(pc.greater(pc.utf8_length(values), EXACT_DIGITS), False)
+        # bytes, not characters: a number is ASCII, and anything else is no number
+        long = pc.fill_null(pc.greater(pc.binary_length(values), EXACT_DIGITS), False)
         try:  # the usual case: Arrow parses every value; only its extras are doubted
             typed = pc.cast(values, target)
-            return typed, pc.or_(long, _arrow_only_numbers(values, target))
+            return typed, pc.or_(long, _arrow_only_numbers(values, typed))
         except pa.ArrowInvalid:
             pass
         is_int = pc.match_substring_regex(values, INT_RE)
@@ -240,14 +243,14 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
     return values, _const(len(col), False)
 
 
-def _arrow_only_numbers(values: pa.Array, target: pa.DataType) -> pa.Array:
+def _arrow_only_numbers(values: pa.Array, typed: pa.Array) -> pa.Array:
     """Rows Arrow parses as numbers that csv_value does not: hexadecimal integers
-    (0x10), and inf, infinity, nan or nan(...) as floats (all hold an n)."""
-    if pa.types.is_integer(target):
+    (0x10; Arrow refuses -0x10), and as floats inf, infinity, nan or nan(...), which
+    are all Arrow takes beyond csv_value's floats."""
+    if pa.types.is_integer(typed.type):
         odd = pc.or_(pc.starts_with(values, "0x"), pc.starts_with(values, "0X"))
-        odd = pc.or_(odd, pc.or_(pc.starts_with(values, "-0x"), pc.starts_with(values, "-0X")))
     else:
-        odd = pc.or_(pc.match_substring(values, "n"), pc.match_substring(values, "N"))
+        odd = pc.or_(pc.is_nan(typed), pc.is_inf(typed))
     return pc.fill_null(odd, False)
 
 

@@ -248,7 +248,8 @@ NUMERIC_CELLS = st.one_of(
                      "123456789012345"]),
     # what Arrow's number parsing and csv_value may disagree on
     st.sampled_from(["+5", "+1.5", "1e400", "1e-400", "9223372036854775808", "1234567890123456",
-                     "nan", "inf", "-Infinity", "NaN", "nan(123)", "-nan(ind)", "0x10", "0X1f"]))
+                     "nan", "inf", "-Infinity", "NaN", "nan(123)", "-nan(ind)", "0x10", "0X1f",
+                     "-0x10", "+inf", "Infinity", "1e999"]))
 BOOL_CELLS = st.sampled_from(["", "true", "false", "True", "False", "TRUE", "FALSE", "1", "0"])
 
 
