@@ -514,12 +514,13 @@ class Vfs:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if ino == ROOT_INO and name in self.root_xattrs:
             return self.root_xattrs[name]
+        if not name.startswith(b"user."):
+            # Only user.* is stored.  "Not supported", not "no such attribute": ls -l
+            # then stops asking for ACLs and security labels on this mount instead
+            # of paying a request per file for each (it remembers per device).
+            raise NotSupported("only user.* extended attributes are stored")
         if is_snapshot(ino):
             return self.snaps.getxattr(ino, name)
-        if not name.startswith(b"user."):
-            # only user.* is stored; the kernel asks for security.capability on every
-            # write, so answer without a transaction
-            raise NoAttribute()
         with self.index.read() as t:
             value = t.get_xattr(ino, self._xattr_name(name))
             if value is None:

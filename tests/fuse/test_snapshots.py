@@ -164,6 +164,9 @@ def test_snapshot_stays_byte_identical_while_the_live_tree_changes(
     assert os.readlink(ds / "@v1" / "link") == "sub/a.csv"
     assert os.getxattr(ds / "@v1" / "big.bin", "user.label") == b"train"
     assert os.getxattr(ds / "@v1" / "sub", "user.dirlabel") == b"\x00binary\xff"
+    with pytest.raises(OSError) as e:
+        os.getxattr(ds / "@v1" / "big.bin", "system.posix_acl_access")
+    assert e.value.errno == errno.EOPNOTSUPP
     assert os.stat(ds / "@v1" / "sub" / "deep" / "b.bin").st_size == 70 * KiB
 
     assert daemon.stop() == 0
