@@ -24,7 +24,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-BLOCK = 8 << 20
+# Bytes parsed at a time.  Arrow's readers hold many blocks in flight, so peak
+# memory grows with this (about 40 MiB per MiB for CSV), while speed is the same
+# from 1 MiB up (JSONL is even faster with it than with 8 MiB).
+BLOCK = 1 << 20
 PARQUET_BATCH = 65536
 INT_RE = r"^[+-]?[0-9]+$"
 FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
@@ -257,7 +260,9 @@ def _arrow_only_numbers(values: pa.Array, typed: pa.Array) -> pa.Array:
 # ------------------------------------------------------------------ Parquet
 def _parquet_blocks(f: IO[bytes]) -> Iterator[Block]:
     row = 0
-    for raw in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH):
+    # column chunks read a piece at a time, not each row group whole
+    parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=BLOCK)
+    for raw in parquet.iter_batches(batch_size=PARQUET_BATCH):
         batch = _jsonable(raw)
 
         def record(i: int, batch: pa.RecordBatch = batch, first: int = row) -> tuple[int, Any]:

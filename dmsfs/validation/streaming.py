@@ -18,7 +18,7 @@ from collections import deque
 from .validator import Validator, Verdict
 
 STREAMABLE = ("csv", "jsonl")        # read front to back (Parquet needs its footer first)
-BUFFER_CAP = 32 << 20                # bytes handed over and not yet read
+BUFFER_CAP = 8 << 20                 # bytes handed over and not yet read
 HEAD = 1 << 20                       # kept to let a reader look at the start twice
 
 

@@ -224,7 +224,8 @@ def test_jsonl_numbers_lines_and_skips_blank_ones(daemon: Any, people: Path) -> 
 
 
 def test_large_files_number_records_across_read_blocks(daemon: Any, people: Path) -> None:
-    """Files larger than the validator's read block (8 MiB): record numbers stay exact."""
+    """Files larger than the validator's read block (1 MiB) and than the pipe that
+    feeds it while they are written (8 MiB): record numbers stay exact."""
     line = b'{"id": 1, "name": "a fairly long name to make the lines longer"}\n'
     n = (9 << 20) // len(line) + 1000
     data = line * n + b'{"id": 1, "name": ""}\n' + line
