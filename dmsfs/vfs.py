@@ -664,7 +664,7 @@ class Vfs:
     def _validate_as_written(self, ino: int, state: OpenInode, writer: FileWriter) -> None:
         """Start validating a big file written front to back as its bytes are cut,
         so close() does not read it all again."""
-        if writer.streaming or state.streamed is not None:
+        if not writer.can_stream or state.streamed is not None:
             return
         rule = self._schema_rule(ino)
         if rule is None:
@@ -673,10 +673,8 @@ class Vfs:
         if rule.fmt not in STREAMABLE:
             return
         stream = StreamedValidation(rule.version.validator, rule.fmt)
-        if writer.stream_to(stream):
-            state.streamed = (rule, stream)
-        else:
-            stream.abort()
+        writer.stream_to(stream)
+        state.streamed = (rule, stream)
 
     async def _commit(self, ino: int, state: OpenInode, uid: int = 0) -> None:
         writer = state.writer

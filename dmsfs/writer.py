@@ -271,16 +271,14 @@ class FileWriter:
 
     # ------------------------------------------------------------ the stream
     @property
-    def streaming(self) -> bool:
-        return self._stream is not None
+    def can_stream(self) -> bool:
+        """Nothing is committed or cut yet: a stream would see every byte."""
+        return self._stream is None and not self.base.size and self._pre is None
 
-    def stream_to(self, stream: Stream) -> bool:
-        """Hand every byte to stream as it is cut; only for a file that is empty
-        and has nothing cut yet (False otherwise, and stream is not used)."""
-        if self._stream is not None or self.base.size or self._pre is not None:
-            return False
+    def stream_to(self, stream: Stream) -> None:
+        """Hand every byte to stream as it is cut (only while can_stream)."""
+        assert self.can_stream
         self._stream, self._streamed = stream, 0
-        return True
 
     def take_stream(self) -> Stream | None:
         """After commit(): the stream, if it saw the whole file in order; else it

@@ -1019,3 +1019,24 @@ def test_a_big_file_not_written_front_to_back_is_judged_as_it_ends(
     log = daemon.log.read_text()
     for name in ("mended.csv", "broken.csv", "cut.csv"):
         assert STREAMED.format(name) not in log, name
+
+
+def test_a_big_file_fsynced_halfway_is_judged_whole_at_close(daemon: Any, people: Path
+                                                             ) -> None:
+    """fsync() commits (and validates) the first half; what follows is validated with
+    it at close, the record numbers counted from the start of the file."""
+    n = 400_000
+    data = big_csv(n, bad_at=n - 3)
+    half = data.index(b"\n", len(data) // 2) + 1
+    fd = os.open(people / "halves.csv", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data[:half])
+        os.fsync(fd)                         # the first half is valid: committed
+        os.write(fd, data[half:])
+    finally:
+        with pytest.raises(OSError) as e:
+            os.close(fd)
+    assert e.value.errno == errno.EINVAL
+    assert (people / "halves.csv").read_bytes() == data[:half]
+    assert rejects(daemon)[0] == reject("halves.csv", n - 3, "/id",
+                                        "0 is less than the minimum of 1", 1, n)
