@@ -49,7 +49,7 @@ SEP = "\x1f"        # between a row's values in its fingerprint
 NULL = "\x00"
 CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
 BIG = 256 << 20      # bytes (in memory, about) of a pair above which it is partitioned
-BUCKET = 32 << 20    # bytes of both sides per bucket: a bucket's diff holds ~10x that
+BUCKET = 16 << 20    # bytes of both sides per bucket: a bucket's diff holds ~10x that
 MAX_BUCKETS = 256    # a side's bucket files are all open while it is partitioned
 SAMPLE = 65536       # rows read to estimate a Parquet file's size in memory
 
