@@ -43,6 +43,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -548,6 +550,36 @@ def two_snapshots(d: Daemon, v1: Path, v2: Path) -> tuple[str, str]:
     return f"tab@v{r1['number']}", f"tab@v{r2['number']}"
 
 
+def counts_row(ctx: Any, section: str, got: dict[str, int], expect: dict[str, int],
+               problems: list[str]) -> None:
+    """The row that says whether a row diff found exactly the expected rows."""
+    bad = "; ".join(problems)
+    ctx.row(section, "  rows found (changed / added / removed)",
+            sum(got.values()) if got else None, "rows", target="400 / 300 / 300",
+            met=got == expect and not problems,
+            note=(" / ".join(str(got[k]) for k in expect) if got else "") +
+            (f"; {bad[:250]}" if bad else ""))
+
+
+@contextmanager
+def diff_daemon(ctx: Any, name: str, v1: Path, v2: Path
+                ) -> Iterator[tuple[Daemon, str, str, int]]:
+    """A daemon holding v1 and v2 in two snapshots, restarted so that its peak RSS
+    from here on is the diff's: (daemon, a, b, VmHWM KiB before); stopped after."""
+    root = ctx.work / name
+    with PeakGuard():
+        d = Daemon(fresh(root), name).start()
+        try:
+            a, b = two_snapshots(d, v1, v2)
+            d.restart()
+            yield d, a, b, d.rss().get("VmHWM", 0)
+            d.check_alive()
+        finally:
+            d.stop()
+            warn_log_errors(d)
+        ctx.keep_or_remove(root)
+
+
 def row_counts(result: dict[str, Any], expect: dict[str, int], problems: list[str],
                who: str) -> dict[str, int] | None:
     """The changed/added/removed counts of t.parquet in a row diff (problems noted)."""
@@ -570,40 +602,29 @@ def sec_rowdiff(ctx: Any) -> None:
     raw: dict[str, Any] = {"expected": expect, "data": info["diff"]}
     ctx.raw["rowdiff"] = raw
     problems: list[str] = []
-    root = ctx.work / "rowdiff"
-    with PeakGuard():
-        d = Daemon(fresh(root), "rowdiff").start()
-        try:
-            a, b = two_snapshots(d, v1, v2)
-            d.restart()  # a fresh daemon: its peak RSS from here on is the diff's
-            c = api(d)
-            hwm0 = d.rss().get("VmHWM", 0)
-            secs, hwms, res = [], [], {}
-            cpu = CpuMeter(d.pid)
-            for i in range(REPS_DIFF):
-                if i == 0:
-                    cpu.start()
-                t0 = time.perf_counter()
-                res = c.diff(a, b, rows=True, key="id")
-                secs.append(time.perf_counter() - t0)
-                if i == 0:
-                    usage = cpu.stop()
-                hwms.append(d.rss().get("VmHWM", 0))
-            ctl_s, ctl_res, ctl_err = [], {}, ""
-            for _ in range(REPS_DIFF):
-                t0 = time.perf_counter()
-                rr = run([DMSCTL, "--state", str(d.state), "diff", a, b, "--rows", "--key", "id",
-                          "--json"], check=False, timeout=600)
-                if rr.returncode != 0:
-                    ctl_err = (rr.stderr or rr.stdout).strip()[-300:]
-                    break
-                ctl_s.append(time.perf_counter() - t0)
-                ctl_res = json.loads(rr.stdout)
-            d.check_alive()
-        finally:
-            d.stop()
-            warn_log_errors(d)
-        ctx.keep_or_remove(root)
+    with diff_daemon(ctx, "rowdiff", v1, v2) as (d, a, b, hwm0):
+        c = api(d)
+        secs, hwms, res = [], [], {}
+        cpu = CpuMeter(d.pid)
+        for i in range(REPS_DIFF):
+            if i == 0:
+                cpu.start()
+            t0 = time.perf_counter()
+            res = c.diff(a, b, rows=True, key="id")
+            secs.append(time.perf_counter() - t0)
+            if i == 0:
+                usage = cpu.stop()
+            hwms.append(d.rss().get("VmHWM", 0))
+        ctl_s, ctl_res, ctl_err = [], {}, ""
+        for _ in range(REPS_DIFF):
+            t0 = time.perf_counter()
+            rr = run([DMSCTL, "--state", str(d.state), "diff", a, b, "--rows", "--key", "id",
+                      "--json"], check=False, timeout=600)
+            if rr.returncode != 0:
+                ctl_err = (rr.stderr or rr.stdout).strip()[-300:]
+                break
+            ctl_s.append(time.perf_counter() - t0)
+            ctl_res = json.loads(rr.stdout)
 
     got = row_counts(res, expect, problems, "API")
     if ctl_res:
@@ -655,11 +676,7 @@ def sec_rowdiff(ctx: Any) -> None:
     ctx.row("rowdiff", "  daemon peak RSS (VmHWM) during the diffs", peak / 1024, "MiB",
             target="≤1,024 MiB", met=peak <= 1024 * 1024,
             note=f"{hwm0 / 1024:.0f} MiB before; after the first {hwms[0] / 1024:.0f} MiB")
-    total = sum(got.values()) if got else None
-    ctx.row("rowdiff", "  rows found (changed / added / removed)", total, "rows",
-            target="400 / 300 / 300", met=got == expect and not problems,
-            note=(" / ".join(str(got[k]) for k in expect) if got else "") +
-            (f"; {bad[:250]}" if bad else ""))
+    counts_row(ctx, "rowdiff", got, expect, problems)
     if ctl_s:
         ctx.row("rowdiff", "  same, dmsctl diff --rows --key id --json wall time",
                 median(ctl_s), "s")
@@ -700,28 +717,16 @@ def sec_rowdiff10m(ctx: Any) -> None:
     raw: dict[str, Any] = {"expected": expect, "data": info}
     ctx.raw["rowdiff10m"] = raw
     problems: list[str] = []
-    root = ctx.work / "rowdiff10m"
-    with PeakGuard():
-        d = Daemon(fresh(root), "rowdiff10m").start()
-        try:
-            a, b = two_snapshots(d, v1, v2)
-            d.restart()  # a fresh daemon: its peak RSS from here on is the diff's
-            c = api(d)
-            hwm0 = d.rss().get("VmHWM", 0)
-            cpu = CpuMeter(d.pid)
-            cpu.start()
-            t0 = time.perf_counter()
-            res = c.diff(a, b, rows=True, key="id")
-            secs = time.perf_counter() - t0
-            usage = cpu.stop()
-            hwm = d.rss().get("VmHWM", 0)
-            d.check_alive()
-            scratch = d.state / "rowdiff"
-            left = [p.name for p in scratch.iterdir()] if scratch.exists() else []
-        finally:
-            d.stop()
-            warn_log_errors(d)
-        ctx.keep_or_remove(root)
+    with diff_daemon(ctx, "rowdiff10m", v1, v2) as (d, a, b, hwm0):
+        cpu = CpuMeter(d.pid)
+        cpu.start()
+        t0 = time.perf_counter()
+        res = api(d).diff(a, b, rows=True, key="id")
+        secs = time.perf_counter() - t0
+        usage = cpu.stop()
+        hwm = d.rss().get("VmHWM", 0)
+        scratch = d.state / "rowdiff"
+        left = [p.name for p in scratch.iterdir()] if scratch.exists() else []
     got = row_counts(res, expect, problems, "API")
     if left:
         problems.append(f"bucket files left in the state dir: {left}")
@@ -754,11 +759,7 @@ def sec_rowdiff10m(ctx: Any) -> None:
     ctx.row("rowdiff10m", "  daemon peak RSS (VmHWM) during the diff", hwm / 1024, "MiB",
             target="≤1,024 MiB", met=hwm <= 1024 * 1024,
             note=f"{hwm0 / 1024:.0f} MiB before")
-    total = sum(got.values()) if got else None
-    ctx.row("rowdiff10m", "  rows found (changed / added / removed)", total, "rows",
-            target="400 / 300 / 300", met=got == expect and not problems,
-            note=(" / ".join(str(got[k]) for k in expect) if got else "") +
-            (f"; {bad[:250]}" if bad else ""))
+    counts_row(ctx, "rowdiff10m", got, expect, problems)
 
 
 # ---------------------------------------------------------------- profiles
