@@ -50,6 +50,7 @@ class BlockCache(Layer):
         self._lock = threading.Lock()
         self._lru: OrderedDict[str, int] = OrderedDict()   # block file name -> size
         self._inflight: dict[str, Future[bytes]] = {}
+        self._reading: dict[str, int] = {}     # block file name -> preads under way
         self._last_block: dict[str, int] = {}                # per pack, for read-ahead
         self._sizes: dict[str, int] = {}
         # the index knows every pack's size: asking it saves a request per pack
@@ -80,20 +81,41 @@ class BlockCache(Layer):
         return f"{key.replace('/', '_')}.{block}"
 
     def _evict(self, room: int) -> None:
-        """Drop least recently used blocks until room more bytes fit (lock held)."""
+        """Drop least recently used blocks until room more bytes fit (lock held).
+
+        A block being read stays: its space would stay taken until the reader
+        closed it, and the limit is on the disk, not on our count."""
+        kept = []
         while self._lru and self.bytes + room > self.max_bytes:
             name, size = self._lru.popitem(last=False)
+            if self._reading.get(name):
+                kept.append((name, size))
+                continue
             self.bytes -= size
             (self.dir / name).unlink(missing_ok=True)
+        for name, size in reversed(kept):
+            self._lru[name] = size
+            self._lru.move_to_end(name, last=False)
 
     def _cached(self, name: str, offset: int, length: int, block_len: int) -> bytes | None:
         with self._lock:
             if self._lru.get(name) != block_len:   # absent, or cut another way once
                 return None
             self._lru.move_to_end(name)
+            self._reading[name] = self._reading.get(name, 0) + 1
+        try:
+            return self._pread(name, offset, length)
+        finally:
+            with self._lock:
+                if self._reading[name] == 1:
+                    del self._reading[name]
+                else:
+                    self._reading[name] -= 1
+
+    def _pread(self, name: str, offset: int, length: int) -> bytes | None:
         try:
             fd = os.open(self.dir / name, os.O_RDONLY)
-        except FileNotFoundError:   # evicted meanwhile, or removed behind our back
+        except FileNotFoundError:   # removed behind our back
             with self._lock:
                 size = self._lru.pop(name, None)
                 if size is not None:

@@ -229,6 +229,42 @@ def test_the_cache_dir_never_holds_more_than_the_limit(
     assert worst <= limit, f"the cache dir held {worst} bytes, limit {limit}"
 
 
+def test_a_block_being_read_is_not_evicted_under_its_reader(
+        store: CountingStore, make_cache: Callable[..., BlockCache],
+        tmpfs_cache_dir: Path) -> None:
+    """Unlinking a block a reader has open would not free its space: the limit
+    would be broken until the read ends.  The block stays, the newcomer goes
+    uncached, and once the read is over the old block is evicted as usual."""
+    blk = 4096
+    (key_a, data_a), (key_b, data_b) = pack(store, 40, blk), pack(store, 41, blk)
+    limit = blk + blk // 2
+    cache = make_cache(store, limit, blk)
+    assert cache.get_range(key_a, 0, 10) == data_a[:10]
+    name_a = f"{key_a.replace('/', '_')}.0"
+    inside, go_on = threading.Event(), threading.Event()
+    pread = cache._pread
+
+    def slow_pread(name: str, offset: int, length: int) -> bytes | None:
+        if name == name_a:
+            inside.set()
+            assert go_on.wait(10)
+        return pread(name, offset, length)
+
+    cache._pread = slow_pread  # type: ignore[method-assign]
+    reader = threading.Thread(target=lambda: cache.get_range(key_a, 5, 10), daemon=True)
+    reader.start()
+    assert inside.wait(10)
+    assert cache.get_range(key_b, 0, blk) == data_b   # wants A's room while A is read
+    assert block_files(tmpfs_cache_dir) == {name_a}
+    st = os.statvfs(tmpfs_cache_dir)
+    assert (st.f_blocks - st.f_bfree) * st.f_frsize <= limit
+    go_on.set()
+    reader.join(10)
+    assert cache.get_range(key_b, 0, blk) == data_b   # now A goes and B stays
+    assert block_files(tmpfs_cache_dir) == {f"{key_b.replace('/', '_')}.0"}
+    assert cache.stats()["bytes"] == blk
+
+
 def run_bounded(fn: Callable[[], None], seconds: float) -> None:
     """fn() in a thread, with the GIL switching as often as it can (so a race
     between a fetch and its caller shows); fails if fn does not return in time."""
