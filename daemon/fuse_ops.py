@@ -70,6 +70,28 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+class ReplyBuffer:
+    """One buffer in which read replies made of several chunks are put together.
+
+    pyfuse3 sends a read's reply as soon as the handler returns, with no await in
+    between, so no other request can touch the buffer before the kernel has
+    copied it.  A new 1 MiB object per read would cost a page fault per page."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def join(self, parts: Sequence[bytes | memoryview]) -> memoryview:
+        size = sum(len(p) for p in parts)
+        if len(self._buf) < size:
+            self._buf = bytearray(size)   # a new one: views of the old may live on
+        view = memoryview(self._buf)
+        at = 0
+        for p in parts:
+            view[at:at + len(p)] = p
+            at += len(p)
+        return view[:size]
+
+
 def entry(inode: Inode) -> pyfuse3.EntryAttributes:
     a = pyfuse3.EntryAttributes()
     a.st_ino = inode.ino
@@ -118,6 +140,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, vfs: Vfs) -> None:
         super().__init__()
         self.vfs = vfs
+        self._reply = ReplyBuffer()
         vfs.kernel = KernelCache()
 
     @fuse_errors
@@ -227,7 +250,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self.vfs.read(fh, off, size)
+        parts = await self.vfs.read(fh, off, size)
+        return parts[0] if len(parts) == 1 else self._reply.join(parts)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 FLAG_STAGED = 0x80
 IDLE_SEAL_SECONDS = 2.0
+# a small chunk from local disk is read and checked on the calling thread: a
+# worker thread's round trip costs more than the read itself
+INLINE_FETCH = 128 * 1024
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -272,9 +275,10 @@ class ChunkStore:
             raise Corrupt(f"chunk {cid.hex()} is not in the index")
         return loc
 
-    def fetch(self, cid: bytes) -> bytes:
+    def fetch(self, cid: bytes, loc: Location | None = None) -> bytes:
         """Read, decode and verify one chunk (blocking; call from a worker thread)."""
-        loc = self.location(cid)
+        if loc is None:
+            loc = self.location(cid)
         if loc.flags & FLAG_STAGED:
             with self._lock:
                 sf = self._containers.get(loc.container)
@@ -305,7 +309,11 @@ class ChunkStore:
                 break
         done = self._fetching[cid] = trio.Event()
         try:
-            data = await trio.to_thread.run_sync(self.fetch, cid, limiter=self.io)
+            loc = self.location(cid)
+            if loc.raw_len <= INLINE_FETCH and not self.store.remote:
+                data = self.fetch(cid, loc)   # cheaper than the trip to a worker and back
+            else:
+                data = await trio.to_thread.run_sync(self.fetch, cid, loc, limiter=self.io)
             self.cache.put(cid, data)
             return data
         finally:

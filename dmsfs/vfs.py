@@ -613,7 +613,9 @@ class Vfs:
         self._state(inode.ino).fresh = True
         return self._new_handle(inode.ino, uid), inode
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes | memoryview:
+    async def read(self, fh: int, offset: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of [offset, offset + length), as the pieces they are kept in
+        (views into chunks, mostly): the caller joins them where it needs to."""
         h = self._handles[fh]
         state = self._open[h.ino]
         sequential = offset == h.next_offset
@@ -623,19 +625,16 @@ class Vfs:
             # Under the lock: a write, truncate or commit while this read waits for a
             # chunk would change the ranges and the spool it walks (wrong bytes).
             async with writer.lock:
-                return await writer.read(offset, length)
+                return [await writer.read(offset, length)]
         content = state.content
         spans = list(content.spans(offset, offset + length))
         if sequential and spans:
             self._ask_ahead(h, content, spans[-1][0] + 1)
         parts: list[bytes | memoryview] = []
         for _, _, cid, lo, hi in spans:
-            # views, not slices: a 1 MiB read is then copied once, into the reply
             parts.append(bytes(hi - lo) if cid == HOLE else
                          memoryview(await self.repo.chunks.get(cid))[lo:hi])
-        if len(parts) == 1:
-            return parts[0]
-        return b"".join(parts)
+        return parts
 
     def _ask_ahead(self, h: Handle, content: ChunkList, nxt: int) -> None:
         """Ask for what follows chunk nxt before waiting for what is asked now."""
