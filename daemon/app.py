@@ -39,7 +39,6 @@ Try, in another terminal:
   .venv/bin/dmsctl fsck --read-data
 Ctrl-C here unmounts."""
 READ_AHEAD_KB = 1024
-READ_AHEAD_POLLS = 100     # every 10 ms for the first second
 # Worker threads that hold the GIL (chunk cutting) would otherwise make the FUSE
 # loop wait up to the default 5 ms each time it gives the GIL up for I/O.
 SWITCH_INTERVAL = 0.0005
@@ -63,29 +62,24 @@ class DaemonOptions:
     proposed: StoreConfig | None = None   # config for a store that does not exist yet
 
 
-async def _raise_read_ahead(mountpoint: Path) -> None:
+async def _raise_read_ahead(mountpoint: Path, initialized: trio.Event) -> None:
     """Let the kernel read ahead 1 MiB on this mount (fewer, larger read requests).
 
     The kernel sets the mount's read-ahead when it gets the reply to FUSE INIT,
-    which pyfuse3.main() sends, so this runs as a task once the loop is up.  The
-    device comes from mountinfo: stat() of our own mountpoint from the trio
-    thread would wait for this very loop.
+    so this waits for INIT (pyfuse3 replies as soon as Operations.init returns,
+    before this task runs again).  The device comes from mountinfo: stat() of our
+    own mountpoint from the trio thread would wait for this very loop.
     """
-    # polled, not set once: files opened before it is set keep the default for good
-    for _ in range(READ_AHEAD_POLLS):
-        await trio.sleep(0.01)
-        devs = [line.split()[2] for line in
-                Path("/proc/self/mountinfo").read_text().splitlines()
-                if line.split()[4] == str(mountpoint)]
-        if not devs:
-            continue
-        knob = Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb")
-        try:
-            if knob.read_text().strip() != str(READ_AHEAD_KB):
-                knob.write_text(str(READ_AHEAD_KB))
-        except OSError as e:
-            log.debug("cannot raise read-ahead (%s); kernel default stays", e)
-            return
+    await initialized.wait()
+    devs = [line.split()[2] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(mountpoint)]
+    if not devs:
+        log.debug("mount not in mountinfo; read-ahead stays the kernel default")
+        return
+    try:
+        Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+    except OSError as e:
+        log.debug("cannot raise read-ahead (%s); kernel default stays", e)
 
 
 def _tame_malloc() -> None:
@@ -139,9 +133,11 @@ async def run(opts: DaemonOptions) -> None:
             options = set(pyfuse3.default_options) | {"fsname=dmsfs", "subtype=dmsfs"}
             if opts.allow_other:
                 options.add("allow_other")
-            pyfuse3.init(Operations(vfs), str(opts.mountpoint), options)
+            ops = Operations(vfs)
+            pyfuse3.init(ops, str(opts.mountpoint), options)
             try:
-                nursery.start_soon(_raise_read_ahead, opts.mountpoint, name="read-ahead")
+                nursery.start_soon(_raise_read_ahead, opts.mountpoint, ops.initialized,
+                                   name="read-ahead")
                 nursery.start_soon(_stop_on_signals, name="signals")
                 log.info("mounted %s at %s; control API at unix:%s", repo.store.url,
                          opts.mountpoint, socket_path)

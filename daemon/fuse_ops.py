@@ -141,7 +141,12 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.vfs = vfs
         self._reply = ReplyBuffer()
+        self.initialized = trio.Event()
         vfs.kernel = KernelCache()
+
+    def init(self) -> None:
+        """The kernel's INIT came; the reply goes out when this returns."""
+        self.initialized.set()
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
