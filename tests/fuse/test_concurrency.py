@@ -363,3 +363,17 @@ def test_reads_while_the_file_is_written(daemon_factory: Any) -> None:
                for a in range(0, size, 4096))
     remount(daemon)
     assert f.read_bytes() == data
+
+
+def test_parallel_reads_over_chunk_boundaries_get_their_own_bytes(daemon_factory: Any) -> None:
+    """Readers of different files at once, with O_DIRECT and ranges of up to 64 pages
+    (many small chunks each, fetched from the store while other reads wait): every
+    reply holds the bytes of its own file and range, none of another read's."""
+    daemon = daemon_factory(["--memory-cache", "256K"]).start()  # reads wait for the store
+    ds = daemon.mnt / "ds"
+    ds.mkdir()
+    size = 2 * 1024 * KiB
+    for k in range(4):
+        (ds / f"f{k}").write_bytes(version(f"mix{k}", 0, size))
+    remount(daemon)
+    finish([start("page-reader", ds / f"f{k}", f"mix{k}", size, 120) for k in range(4)])
