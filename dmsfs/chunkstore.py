@@ -19,7 +19,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class ChunkStore:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
         self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self._putters = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="put")
         # threads waiting on a remote store mostly sleep: more of them hide latency
         self.io = trio.CapacityLimiter(24 if store.remote else 8)
         self._lock = threading.Lock()
@@ -108,6 +110,17 @@ class ChunkStore:
             if cur.size >= self.config.pack_size:
                 self._rotate()
         return cid, loc
+
+    def put_all(self, pieces: Sequence[bytes | memoryview]
+                ) -> list[tuple[bytes, Location | None]]:
+        """put() of several chunks at once, on every core (blocking; worker thread):
+        one file's chunks would otherwise be compressed one after the other."""
+        if len(pieces) < 2:
+            return [self.put(p) for p in pieces]
+        return list(self._putters.map(self.put, pieces))
+
+    def close(self) -> None:
+        self._putters.shutdown(wait=False, cancel_futures=True)
 
     def _rotate(self) -> None:
         if self._current is not None and self._current.entries:

@@ -24,6 +24,7 @@ anew) and keeps the other chunks.  Zero gaps past the old end become holes.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 from collections.abc import Iterator
@@ -391,13 +392,13 @@ class FileWriter:
             lengths = self.chunker.cut(buf, at_eof=at_eof and stop == end)
             if not lengths:
                 break  # not at EOF: the remainder waits for more data
-            at = 0
-            for n in lengths:
-                cid, loc = self.chunks.put(buf[at : at + n])
+            ends = list(itertools.accumulate(lengths))
+            stored = self.chunks.put_all([buf[a:b] for a, b in zip([0, *ends], ends)])
+            for (cid, loc), n in zip(stored, lengths, strict=True):
                 if loc is not None:
                     self._locations[cid] = loc
                 made.append((cid, n))
-                at += n
+            at = ends[-1]
             stream = self._stream      # once: a write may drop it meanwhile
             if stream is not None and pos == self._streamed:
                 # a copy: ring bytes are reused once cut; the trio thread never waits
