@@ -19,8 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,7 +61,6 @@ class ChunkStore:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
         self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self._putters = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="put")
         # threads waiting on a remote store mostly sleep: more of them hide latency
         self.io = trio.CapacityLimiter(24 if store.remote else 8)
         self._lock = threading.Lock()
@@ -89,12 +87,8 @@ class ChunkStore:
         caller's commit must record in the index.
         """
         cid = compute_id(data)
-        with self.index.read() as t:
-            if t.get_location(cid) is not None:
-                return cid, None
-        with self._lock:
-            if cid in self._pending:
-                return cid, None
+        if self._pending_or_indexed(cid) is not None:
+            return cid, None
         stored, flags = compress(data, self.config.zstd_level)
         with self._lock:
             if cid in self._pending:
@@ -110,17 +104,6 @@ class ChunkStore:
             if cur.size >= self.config.pack_size:
                 self._rotate()
         return cid, loc
-
-    def put_all(self, pieces: Sequence[bytes | memoryview]
-                ) -> list[tuple[bytes, Location | None]]:
-        """put() of several chunks at once, on every core (blocking; worker thread):
-        one file's chunks would otherwise be compressed one after the other."""
-        if len(pieces) < 2:
-            return [self.put(p) for p in pieces]
-        return list(self._putters.map(self.put, pieces))
-
-    def close(self) -> None:
-        self._putters.shutdown(wait=False, cancel_futures=True)
 
     def _rotate(self) -> None:
         if self._current is not None and self._current.entries:
@@ -278,12 +261,19 @@ class ChunkStore:
                 sf.remove()
 
     # ------------------------------------------------------------ read side
-    def location(self, cid: bytes) -> Location:
-        with self.index.read() as t:
-            loc = t.get_location(cid)
+    def _pending_or_indexed(self, cid: bytes) -> Location | None:
+        """Where a chunk is: staged, else in the index.  In this order: a seal writes
+        the index before it forgets the staged chunk, so a chunk sealed between the
+        two looks is found by the second."""
+        with self._lock:
+            loc = self._pending.get(cid)
         if loc is None:
-            with self._lock:
-                loc = self._pending.get(cid)
+            with self.index.read() as t:
+                loc = t.get_location(cid)
+        return loc
+
+    def location(self, cid: bytes) -> Location:
+        loc = self._pending_or_indexed(cid)
         if loc is None:
             raise Corrupt(f"chunk {cid.hex()} is not in the index")
         return loc

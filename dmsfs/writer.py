@@ -24,7 +24,6 @@ anew) and keeps the other chunks.  Zero gaps past the old end become holes.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
 from collections.abc import Iterator
@@ -392,13 +391,13 @@ class FileWriter:
             lengths = self.chunker.cut(buf, at_eof=at_eof and stop == end)
             if not lengths:
                 break  # not at EOF: the remainder waits for more data
-            ends = list(itertools.accumulate(lengths))
-            stored = self.chunks.put_all([buf[a:b] for a, b in zip([0, *ends], ends)])
-            for (cid, loc), n in zip(stored, lengths, strict=True):
+            at = 0
+            for n in lengths:
+                cid, loc = self.chunks.put(buf[at : at + n])
                 if loc is not None:
                     self._locations[cid] = loc
                 made.append((cid, n))
-            at = ends[-1]
+                at += n
             stream = self._stream      # once: a write may drop it meanwhile
             if stream is not None and pos == self._streamed:
                 # a copy: ring bytes are reused once cut; the trio thread never waits
