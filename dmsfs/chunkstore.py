@@ -1,12 +1,13 @@
 """Chunk storage: deduplication, staging, sealing into packs, verified reads.
 
-Write side (worker threads): put() hashes a chunk, skips it if the index or the
-staging area already has it, else compresses it and appends it to the open
-staging file, which is laid out as a pack.  A sealer task finishes full (or
-idle) staging files as packs, moves them into the store under the same id, and
+Write side: put() hashes a chunk, skips it if the index or the staging area
+already has it, else appends it raw to the open staging file.  A sealer task
+compresses full (or idle) staging files into packs in worker threads, one pack
+per thread, so compression runs on every core beside the FUSE loop and never
+delays a close(); it moves each pack into the store under the staging id and
 repoints the chunks' index entries from staging to the pack in one LMDB
-transaction.  Chunk bytes are written once; big files are cut, hashed and
-compressed in worker threads while they stream in.
+transaction.  Big files are cut and hashed in worker threads while they stream
+in.
 
 Read side: get() serves a chunk from the decompressed-chunk cache, else fetches
 its blob (staging file or ranged read of a pack) in a worker thread, decodes
@@ -27,7 +28,7 @@ import trio
 
 from . import staging
 from .cache import ChunkCache
-from .codec import PACK_MAGIC, PackEntry, compress, open_blob
+from .codec import FOOTER, PackEntry, decode_pack_footer, decode_pack_index, open_blob
 from .codec import chunk_id as compute_id
 from .config import StoreConfig
 from .errors import Corrupt, NoSuchObject
@@ -89,7 +90,6 @@ class ChunkStore:
         cid = compute_id(data)
         if self._pending_or_indexed(cid) is not None:
             return cid, None
-        stored, flags = compress(data, self.config.zstd_level)
         with self._lock:
             if cid in self._pending:
                 return cid, None
@@ -97,7 +97,7 @@ class ChunkStore:
                 self._current = StagingFile(self.staging_dir, os.urandom(32))
                 self._containers[self._current.id] = self._current
             cur = self._current
-            e = cur.append(cid, stored, len(data), flags)
+            e = cur.append(cid, data)
             loc = Location(cur.id, e.offset, e.stored_len, e.raw_len, e.flags | FLAG_STAGED)
             self._pending[cid] = loc
             self._last_append = time.monotonic()
@@ -167,8 +167,11 @@ class ChunkStore:
 
     async def _seal(self, sf: StagingFile) -> None:
         try:
-            size = await trio.to_thread.run_sync(self._store_pack, sf, limiter=self.io)
-            self.adopt(sf.id, sf.entries, size)
+            path, entries, size = await trio.to_thread.run_sync(
+                sf.seal, self.config.zstd_level, limiter=self.cpu)
+            await trio.to_thread.run_sync(self.store.put_file, pack_key(sf.id), path,
+                                          limiter=self.io)
+            self.adopt(sf.id, entries, size)
             with self._lock:
                 for e in sf.entries:
                     if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
@@ -186,12 +189,6 @@ class ChunkStore:
             self._sealing -= 1
             self._sealed_event.set()
             self._sealed_event = trio.Event()
-
-    def _store_pack(self, sf: StagingFile) -> int:
-        """Finish a staging file as a pack and move it into the store (worker thread)."""
-        size = sf.seal()
-        self.store.put_file(pack_key(sf.id), sf.data_path)
-        return size
 
     def adopt(self, pack_id: bytes, entries: list[PackEntry], size: int) -> None:
         """Point the index at a stored pack's chunks (a chunk another pack already
@@ -219,22 +216,17 @@ class ChunkStore:
             self._adopt_logs.remove(adopted)
 
     async def recover(self) -> None:
-        """Adopt staging files a previous run left behind: index, then seal them."""
+        """Adopt staging files a previous run left behind: index, then seal them.
+
+        A file whose pack reached the store before the crash is simply sealed
+        again (same id, same bytes), unless a power loss took some of its chunks:
+        then the stored pack, if there is one, is adopted as it is."""
         for sid in staging.existing(self.staging_dir):
             sf = StagingFile(self.staging_dir, sid)
             logged = staging.logged(sf)
-            if sf.size == len(PACK_MAGIC) and logged:
-                # the data went into the store, the crash came before the index knew;
-                # else a power loss kept the log but not the blobs: load() drops them
-                try:
-                    size = await trio.to_thread.run_sync(self.store.size, pack_key(sid))
-                except NoSuchObject:
-                    size = None
-                if size is not None:
-                    self.adopt(sid, logged, size)
-                    sf.remove()
-                    continue
             entries = await trio.to_thread.run_sync(sf.load)
+            if len(entries) < len(logged) and await self._adopt_stored(sf):
+                continue
             kept = {e.cid for e in entries}
             lost = 0
             with self.index.write() as t:
@@ -259,6 +251,25 @@ class ChunkStore:
                     self._full.append(sf)
             else:
                 sf.remove()
+
+    async def _adopt_stored(self, sf: StagingFile) -> bool:
+        """Adopt the stored pack of a staging file, if the store has it, and remove
+        the staging file; False if there is no such pack."""
+        key = pack_key(sf.id)
+        try:
+            size = await trio.to_thread.run_sync(self.store.size, key)
+        except NoSuchObject:
+            return False
+        self.adopt(sf.id, await trio.to_thread.run_sync(self.read_pack_index, key), size)
+        sf.remove()
+        return True
+
+    def read_pack_index(self, key: str) -> list[PackEntry]:
+        """A stored pack's own entry table (blocking)."""
+        table_len, count = decode_pack_footer(self.store.get_range(key, -FOOTER.size,
+                                                                   FOOTER.size))
+        table = self.store.get_range(key, -(FOOTER.size + table_len), table_len)
+        return decode_pack_index(table, count)
 
     # ------------------------------------------------------------ read side
     def _pending_or_indexed(self, cid: bytes) -> Location | None:

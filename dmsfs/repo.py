@@ -168,10 +168,7 @@ class Repo:
     # ------------------------------------------------------------ pack indexes
     def read_pack_index(self, key: str) -> list[PackEntry]:
         """A stored pack's own entry table (blocking)."""
-        table_len, count = decode_pack_footer(self.store.get_range(key, -FOOTER.size,
-                                                                   FOOTER.size))
-        table = self.store.get_range(key, -(FOOTER.size + table_len), table_len)
-        return decode_pack_index(table, count)
+        return self.chunks.read_pack_index(key)
 
     async def index_is_blank(self) -> bool:
         """True when the index must be built from the store: it knows no pack but

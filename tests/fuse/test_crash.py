@@ -346,11 +346,12 @@ def test_kill9_during_cp_a_of_new_files(daemon, ds, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ a crash while sealing
-@pytest.mark.parametrize("stage", ["sealed", "stored"])
+@pytest.mark.parametrize("stage", ["sealed", "stored", "stored, staged bytes lost"])
 def test_kill9_while_a_pack_is_being_stored(daemon, ds, stage: str) -> None:
-    """The sealer's steps: finish the staging file as a pack (entry table and footer),
-    move it into the store, point the index at it.  A crash after each step must
-    lose nothing.  The dead daemon's progress is replayed here with its own code."""
+    """The sealer's steps: compress the staging file into a pack beside it, move the
+    pack into the store, point the index at it.  A crash after each step must lose
+    nothing, also when a power loss then takes the unsynced staging file's bytes.
+    The dead daemon's progress is replayed here with its own code."""
     data = random.Random(16).randbytes(150 * KiB)  # below the 256K pack size: staged
     (ds / "f.bin").write_bytes(data)
     daemon.kill9()
@@ -358,14 +359,16 @@ def test_kill9_while_a_pack_is_being_stored(daemon, ds, stage: str) -> None:
     (sid,) = staging.existing(staging_dir)
     sf = StagingFile(staging_dir, sid)
     assert sf.load()
-    sf.seal()                                          # step 1 done
+    pack, _, _ = sf.seal(3)                            # step 1 done
     os.close(sf.fd)
     os.close(sf.idx_fd)
-    if stage == "stored":                              # step 2 done, not step 3
+    if stage.startswith("stored"):                     # step 2 done, not step 3
         store = open_store(daemon.url, s3_endpoint=endpoint(daemon))
-        store.put_file(pack_key(sid), sf.data_path)    # S3: as if uploaded from the spool
+        store.put_file(pack_key(sid), pack)            # S3: as if uploaded from the spool
         store.close()
-        assert not sf.data_path.exists()
+        assert not pack.exists()
+    if stage.endswith("lost"):
+        os.truncate(sf.data_path, 0)
     daemon.start()
     assert file_sha(ds / "f.bin") == sha(data)
     daemon.ctl("flush", check=True)

@@ -20,12 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tmpfs import tmpfs
 from trees import VERSION_LINE, file_sha, tree_state
 
 from dmsfs.store.blockcache import BLOCK
@@ -171,19 +171,6 @@ def stored_versions(moto: Any, d: Any) -> list[tuple[str, int]]:
 
 def log_errors(*daemons: Any) -> list[str]:
     return [p for d in daemons for p in d.log_problems()]
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def used_bytes(path: Path) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tmpfs import tmpfs
 
 from dmsfs.errors import NoSuchObject
 from dmsfs.store.blockcache import READ_AHEAD_BLOCKS, BlockCache
@@ -182,16 +182,8 @@ def test_eviction_keeps_the_size_limit(store: CountingStore,
 @pytest.fixture
 def tmpfs_cache_dir(tmp_path: Path) -> Iterator[Path]:
     """tmp_path/cache on its own tmpfs: its used blocks are the files' size, all at once."""
-    path = tmp_path / "cache"
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "cache", "1m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def test_the_cache_dir_never_holds_more_than_the_limit(

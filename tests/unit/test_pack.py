@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from tmpfs import tmpfs
 
 from dmsfs import staging
 from dmsfs.codec import (
@@ -167,8 +168,7 @@ def test_open_blob_detects_every_flipped_byte(kind: str) -> None:
 def _stage(directory: Path, chunks: list[bytes]) -> StagingFile:
     sf = StagingFile(directory, os.urandom(32))
     for raw in chunks:
-        stored, flags = compress(raw)
-        sf.append(chunk_id(raw), stored, len(raw), flags)
+        sf.append(chunk_id(raw), raw)
     return sf
 
 
@@ -181,16 +181,43 @@ def _read_pack(buf: bytes) -> list[PackEntry]:
 def test_sealed_staging_file_is_a_pack(tmp_path: Path) -> None:
     chunks = [compressible(5000, 1), os.urandom(7000), compressible(20_000, 2), b"x"]
     sf = _stage(tmp_path, chunks)
-    size = sf.seal()
-    buf = sf.data_path.read_bytes()
+    path, sealed, size = sf.seal(3)
+    assert path == sf.pack_path
+    buf = path.read_bytes()
     assert len(buf) == size
     entries = _read_pack(buf)
+    assert entries == sealed
     assert [e.cid for e in entries] == [chunk_id(c) for c in chunks]
+    # compressed where zstd shrinks the chunk, raw where it does not
+    assert [e.flags for e in entries] == [FLAG_ZSTD, 0, FLAG_ZSTD, 0]
+    assert entries[0].stored_len < 5000 and entries[1].stored_len == 7000
     for e, raw in zip(entries, chunks, strict=True):
         assert open_blob(buf[e.offset:e.offset + e.stored_len], e.flags, e.raw_len,
                          e.cid) == raw
     sf.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_seals_the_staging_file_itself_uncompressed(tmp_path: Path) -> None:
+    """No room for a compressed copy beside the staging file: the staging file
+    becomes the pack as it is, and everything in it stays readable."""
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        chunks = [compressible(200_000, 3), os.urandom(300_000), compressible(250_000, 4)]
+        sf = _stage(disk, chunks)
+        filler = disk / "filler"
+        with open(filler, "wb") as f:    # leave less room than one more copy
+            with pytest.raises(OSError):
+                f.write(b"\0" * (1 << 20))
+        os.truncate(filler, os.path.getsize(filler) - 100_000)
+        path, entries, size = sf.seal(3)
+        assert path == sf.data_path and not sf.pack_path.exists()
+        buf = path.read_bytes()
+        assert len(buf) == size
+        assert _read_pack(buf) == entries == sf.entries
+        for e, raw in zip(entries, chunks, strict=True):
+            assert e.flags == 0
+            assert open_blob(buf[e.offset:e.offset + e.stored_len], 0, e.raw_len, e.cid) == raw
+        sf.remove()
 
 
 def test_staging_recovery_drops_a_torn_tail(tmp_path: Path) -> None:
@@ -211,10 +238,9 @@ def test_staging_recovery_drops_a_torn_tail(tmp_path: Path) -> None:
     assert again.size == valid[-1].offset + valid[-1].stored_len
     # new blobs go after the last valid one, and the pack is sound
     more = os.urandom(5000)
-    stored, flags = compress(more)
-    again.append(chunk_id(more), stored, len(more), flags)
-    again.seal()
-    entries = _read_pack(again.data_path.read_bytes())
+    again.append(chunk_id(more), more)
+    again.seal(3)
+    entries = _read_pack(again.pack_path.read_bytes())
     assert [e.cid for e in entries] == [chunk_id(c) for c in [*chunks[:3], more]]
     again.remove()
 
