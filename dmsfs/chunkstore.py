@@ -31,7 +31,7 @@ from .cache import ChunkCache
 from .codec import FOOTER, PackEntry, decode_pack_footer, decode_pack_index, open_blob
 from .codec import chunk_id as compute_id
 from .config import StoreConfig
-from .errors import Corrupt, NoSuchObject
+from .errors import Corrupt, NoSuchObject, out_of_space
 from .index import Index, Location
 from .staging import StagingFile
 from .store.base import ObjectStore
@@ -70,6 +70,9 @@ class ChunkStore:
         # its open descriptor, which stays valid while the file moves into the store
         self._containers: dict[bytes, StagingFile] = {}
         self._full: list[StagingFile] = []
+        # packs stored but not yet adopted (the index could not commit): a retry
+        # adopts them without sealing and storing them again
+        self._stored: dict[bytes, tuple[list[PackEntry], int]] = {}
         self._current: StagingFile | None = None
         self._last_append = 0.0
         self._fetching: dict[bytes, trio.Event] = {}
@@ -167,11 +170,15 @@ class ChunkStore:
 
     async def _seal(self, sf: StagingFile) -> None:
         try:
-            path, entries, size = await trio.to_thread.run_sync(
-                sf.seal, self.config.zstd_level, limiter=self.cpu)
-            await trio.to_thread.run_sync(self.store.put_file, pack_key(sf.id), path,
-                                          limiter=self.io)
+            if (stored := self._stored.get(sf.id)) is None:
+                path, entries, size = await trio.to_thread.run_sync(
+                    sf.seal, self.config.zstd_level, limiter=self.cpu)
+                await trio.to_thread.run_sync(self.store.put_file, pack_key(sf.id), path,
+                                              limiter=self.io)
+                stored = self._stored[sf.id] = (entries, size)
+            entries, size = stored
             self.adopt(sf.id, entries, size)
+            del self._stored[sf.id]
             with self._lock:
                 for e in sf.entries:
                     if (loc := self._pending.get(e.cid)) and loc.container == sf.id:
@@ -180,8 +187,11 @@ class ChunkStore:
                 sf.remove()
             log.debug("sealed pack %s: %d chunks, %d bytes", sf.id.hex()[:12], len(sf.entries),
                       size)
-        except Exception:
-            log.exception("storing pack %s failed; will retry", sf.id.hex()[:12])
+        except Exception as e:
+            if out_of_space(e):   # the writes that need room fail with ENOSPC meanwhile
+                log.warning("pack %s waits for room on the state disk: %s", sf.id.hex()[:12], e)
+            else:
+                log.exception("storing pack %s failed; will retry", sf.id.hex()[:12])
             with self._lock:
                 self._full.append(sf)
             await trio.sleep(1)

@@ -165,6 +165,12 @@ class Unreachable(DmsfsError):
     code, status, exit_code = "unreachable", 503, 2
 
 
+def out_of_space(exc: BaseException) -> bool:
+    """Whether exc says a local disk is full (a condition to wait out, not a bug)."""
+    return isinstance(exc, NoSpace) or (
+        isinstance(exc, OSError) and exc.errno in (_errno.ENOSPC, _errno.EDQUOT))
+
+
 def from_code(code: str) -> type[DmsfsError]:
     """The error class a control-API error code names (DmsfsError if unknown)."""
     return _BY_CODE.get(code, DmsfsError)

@@ -39,6 +39,7 @@ Transactions are short and synchronous; none is held across an await.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ import blake3
 import lmdb
 
 from .codec import ID_SIZE
+from .errors import NoSpace
 
 U64 = struct.Struct(">Q")
 INODE = struct.Struct("<IIIQqqqQ")
@@ -56,6 +58,7 @@ CONTENT_ENTRY = struct.Struct("<32sI")
 LOCATION = struct.Struct("<32sQIIB")
 PACK_INFO = struct.Struct("<QI")
 HOLE = bytes(ID_SIZE)
+PARTIAL_WRITE_ROOM = 1 << 20   # less free space than this after a failed commit: "full"
 ROOT_INO = 1
 TABLES = ("meta", "inodes", "dirents", "content", "xattrs", "chunks", "packs", "orphans",
           "dirtrees", "versions", "tags", "schemas", "rejects")
@@ -404,6 +407,7 @@ class Index:
 
     def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
         # sync=False: a committed transaction is in the OS page cache, which is what
         # survives a daemon crash; fsync()/sync() make it survive power loss too.
         self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(TABLES) + 2,
@@ -411,6 +415,14 @@ class Index:
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name.encode(), txn=txn) for name in TABLES}
         self._stale_logs: list[set[int]] = []
+
+    def disk_full(self, error: lmdb.Error) -> bool:
+        """Whether a failed commit failed for want of room: ENOSPC, or the EIO LMDB
+        reports when the disk took only part of a write."""
+        if isinstance(error, lmdb.DiskError):
+            return True
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize < PARTIAL_WRITE_ROOM
 
     def note_stale(self, ino: int) -> None:
         for log in self._stale_logs:
@@ -454,6 +466,11 @@ class _TxnContext:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None and self.write:
-            self.txn.commit()
+            try:
+                self.txn.commit()
+            except lmdb.Error as e:
+                if self.index.disk_full(e):
+                    raise NoSpace(f"index: {e}") from e
+                raise
         else:
             self.txn.abort()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import blake3
 
-from ..errors import NoSpace, NoSuchObject, StoreError
+from ..errors import NoSpace, NoSuchObject, StoreError, out_of_space
 from .base import ObjectStore
 
 TMP_DIR = ".tmp"
@@ -36,7 +36,7 @@ def fsync_dir(path: Path) -> None:
 def _os_error(e: OSError, key: str) -> Exception:
     if e.errno == errno.ENOENT:
         return NoSuchObject(f"no object {key!r}")
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(e):
         return NoSpace(f"store disk full writing {key!r}")
     return StoreError(f"{key}: {e}")
 

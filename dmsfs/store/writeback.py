@@ -13,7 +13,6 @@ resume when it returns.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from ..errors import NoSpace, NoSuchObject, StoreError
+from ..errors import NoSpace, NoSuchObject, StoreError, out_of_space
 from .base import Layer, ObjectStore
 from .local import fsync_dir
 
@@ -101,7 +100,7 @@ class WriteBack(Layer):
                 fsync_dir(self.dir)
             except OSError as e:
                 path.unlink(missing_ok=True)
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                if out_of_space(e):
                     raise NoSpace(f"local spool full writing {key!r}") from e
                 raise StoreError(f"spooling {key}: {e}") from e
             self._add(Entry(seq, op, key, path, size, time.time()))
