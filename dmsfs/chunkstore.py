@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from . import staging
+from .background import BackgroundThreads
 from .cache import ChunkCache
 from .codec import FOOTER, PackEntry, decode_pack_footer, decode_pack_index, open_blob
 from .codec import chunk_id as compute_id
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 FLAG_STAGED = 0x80
 IDLE_SEAL_SECONDS = 2.0
+# staged bytes up to which packs are compressed at low priority (see _compress)
+BACKGROUND_BACKLOG = 1 << 30
 # a small chunk from local disk is read and checked on the calling thread: a
 # worker thread's round trip costs more than the read itself
 INLINE_FETCH = 128 * 1024
@@ -62,6 +65,7 @@ class ChunkStore:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
         self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.compressors = BackgroundThreads(max(2, os.cpu_count() or 2), "compress")
         # threads waiting on a remote store mostly sleep: more of them hide latency
         self.io = trio.CapacityLimiter(24 if store.remote else 8)
         self._lock = threading.Lock()
@@ -157,6 +161,10 @@ class ChunkStore:
                     self._sealing += 1
                     nursery.start_soon(self._seal, sf)
 
+    def close(self) -> None:
+        """Stop the compression threads (after the last flush)."""
+        self.compressors.close()
+
     async def flush(self) -> None:
         """Seal everything staged and wait until it is stored."""
         with self._lock:
@@ -164,15 +172,14 @@ class ChunkStore:
             batch, self._full = self._full, []
         for sf in batch:
             self._sealing += 1
-            await self._seal(sf)
+            await self._seal(sf, urgent=True)
         while self._sealing:
             await self._sealed_event.wait()
 
-    async def _seal(self, sf: StagingFile) -> None:
+    async def _seal(self, sf: StagingFile, urgent: bool = False) -> None:
         try:
             if (stored := self._stored.get(sf.id)) is None:
-                path, entries, size = await trio.to_thread.run_sync(
-                    sf.seal, self.config.zstd_level, limiter=self.cpu)
+                path, entries, size = await self._compress(sf, urgent)
                 await trio.to_thread.run_sync(self.store.put_file, pack_key(sf.id), path,
                                               limiter=self.io)
                 stored = self._stored[sf.id] = (entries, size)
@@ -199,6 +206,19 @@ class ChunkStore:
             self._sealing -= 1
             self._sealed_event.set()
             self._sealed_event = trio.Event()
+
+    async def _compress(self, sf: StagingFile, urgent: bool
+                        ) -> tuple[Path, list[PackEntry], int]:
+        """Seal a staging file into a pack: in the background threads while the
+        backlog is small, at normal priority when a caller waits (flush) or the
+        backlog outgrows BACKGROUND_BACKLOG (as the kernel's writeback starts
+        throttling past its dirty limit)."""
+        with self._lock:
+            backlog = sum(f.size for f in self._containers.values())
+        if urgent or backlog > BACKGROUND_BACKLOG:
+            return await trio.to_thread.run_sync(sf.seal, self.config.zstd_level,
+                                                 limiter=self.cpu)
+        return await self.compressors.run(sf.seal, self.config.zstd_level)
 
     def adopt(self, pack_id: bytes, entries: list[PackEntry], size: int) -> None:
         """Point the index at a stored pack's chunks (a chunk another pack already

@@ -95,6 +95,7 @@ class Repo:
         spooled object is uploaded (else it expires, and the spool goes up at the
         next start)."""
         drained = self.uploads.drain(drain_seconds) if self.uploads else True
+        self.chunks.close()
         self.index.close()
         self.store.close()
         if self.lease is not None and drained:

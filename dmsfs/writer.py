@@ -407,6 +407,14 @@ class FileWriter:
             del buf
         return made
 
+    def _cut_limiter(self) -> trio.CapacityLimiter:
+        """The limiter of a cut's thread.  A cut that feeds a stream goes at the
+        pace of its reader and mostly waits for it: holding one of the CPU slots
+        meanwhile would idle a core that other cuts and seals could use."""
+        if self._stream is None:
+            return self.chunks.cpu
+        return trio.to_thread.current_default_thread_limiter()
+
     def _cuttable(self, start: int, end: int) -> bool:
         """True when [start, end) can be cut on the trio thread: small and spooled
         or in the ring, so no committed chunk must be fetched."""
@@ -437,7 +445,7 @@ class FileWriter:
         self._cutting = True
         try:
             made = await trio.to_thread.run_sync(self._cut_range, pre.end, stop, False,
-                                                 limiter=self.chunks.cpu)
+                                                 limiter=self._cut_limiter())
             pre.chunks.extend(made)
             pre.end += sum(n for _, n in made)
             if self._ring_len and pre.end > self._ring_start:
@@ -470,7 +478,7 @@ class FileWriter:
                     out.extend(self._cut_range(a, b, True, inline=True))
                 else:
                     out.extend(await trio.to_thread.run_sync(self._cut_range, a, b, True,
-                                                             limiter=self.chunks.cpu))
+                                                             limiter=self._cut_limiter()))
         self.chunks.wake_sealer()
         return Commit(ChunkList(out), dict(self._locations))
 

@@ -161,6 +161,22 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+def contains(col: pa.Array, *needles: bytes) -> bool:
+    """Whether any value of a string column may contain any of needles: a scan of
+    its data buffer, cheaper than any per-value kernel (a sliced column's buffer
+    holds more than its values: a hit there is only a maybe)."""
+    data = col.buffers()[2] if len(col) else None
+    if data is None:
+        return False
+    raw = data.to_pybytes()
+    return any(n in raw for n in needles)
+
+
+def max_bytes(col: pa.Array) -> int:
+    """The byte length of the longest value of a string column (0 if none)."""
+    return pc.max(pc.binary_length(col)).as_py() or 0
+
+
 def _fill(mask: pa.Array) -> pa.Array:
     """Nulls in a mask (from null values) count as not suspect."""
     return pc.fill_null(mask, False)
@@ -288,13 +304,25 @@ def _int_op(key: str) -> str:
 
 def _length_checks(s: dict[str, Any]) -> list[Check] | None:
     checks = []
-    for key, op in (("minLength", "less"), ("maxLength", "greater")):
+    for key in ("minLength", "maxLength"):
         if key in s:
             if not isinstance(s[key], int) or isinstance(s[key], bool):
                 return None
-            checks.append(_string_check(lambda col, op=op, n=s[key]: getattr(pc, op)(
-                pc.utf8_length(col), n)))
+            checks.append(_string_check(_too_short(s[key]) if key == "minLength" else
+                                        _too_long(s[key])))
     return checks
+
+
+def _too_short(n: int) -> Callable[[pa.Array], pa.Array]:
+    return lambda col: pc.less(pc.utf8_length(col), n)
+
+
+def _too_long(n: int) -> Callable[[pa.Array], pa.Array]:
+    def check(col: pa.Array) -> pa.Array:
+        if max_bytes(col) <= n:     # a character is at least a byte
+            return _none(col)
+        return pc.greater(pc.utf8_length(col), n)
+    return check
 
 
 def _string_check(fn: Callable[[pa.Array], pa.Array]) -> Check:

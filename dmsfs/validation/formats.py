@@ -14,8 +14,10 @@ import csv
 import io
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import IO, Any
 
 import pyarrow as pa
@@ -23,6 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+
+from .checks import contains, max_bytes
 
 # Bytes parsed at a time.  Arrow's readers hold many blocks in flight, so peak
 # memory grows with this (about 40 MiB per MiB for CSV), while speed is the same
@@ -55,6 +59,44 @@ class Block:
             self.finish(self)
             self.finish = None
         return self
+
+
+def grouped(parts: Iterator[Block], rows: int) -> Iterator[Block]:
+    """Consecutive blocks of one schema merged into blocks of at least `rows` rows:
+    the checks cost a Python call per kernel per block, so fewer, larger blocks
+    cost less, while the reader keeps parsing small ones (its memory grows with
+    its block size)."""
+    group: list[Block] = []
+    count = 0
+    for block in parts:
+        if group and (block.batch.schema != group[0].batch.schema
+                      or block.finish is not group[0].finish):
+            yield _merged(group)
+            group, count = [], 0
+        group.append(block)
+        count += block.batch.num_rows
+        if count >= rows:
+            yield _merged(group)
+            group, count = [], 0
+    if group:
+        yield _merged(group)
+
+
+def _merged(group: list[Block]) -> Block:
+    if len(group) == 1:
+        return group[0]
+    ends = list(accumulate(b.batch.num_rows for b in group))
+    batch = pa.Table.from_batches([b.batch for b in group]).combine_chunks().to_batches()
+    suspects = None
+    if any(b.suspects is not None for b in group):
+        suspects = pa.concat_arrays([b.suspects if b.suspects is not None else
+                                     _const(b.batch.num_rows, False) for b in group])
+
+    def record(i: int) -> tuple[int, Any]:
+        k = bisect_right(ends, i)
+        return group[k].record(i - (ends[k - 1] if k else 0))
+
+    return Block(batch[0] if batch else group[0].batch, record, suspects, group[0].finish)
 
 
 def blocks(f: IO[bytes], fmt: str, schema: Any) -> Iterator[Block]:
@@ -223,7 +265,8 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
     if "integer" in types or "number" in types:
         target = pa.float64() if "number" in types else pa.int64()
         # bytes, not characters: a number is ASCII, and anything else is no number
-        long = pc.fill_null(pc.greater(pc.binary_length(values), EXACT_DIGITS), False)
+        long = pc.fill_null(pc.greater(pc.binary_length(values), EXACT_DIGITS), False) \
+            if max_bytes(values) > EXACT_DIGITS else _const(len(values), False)
         try:  # the usual case: Arrow parses every value; only its extras are doubted
             typed = pc.cast(values, target)
             return typed, pc.or_(long, _arrow_only_numbers(values, typed))
@@ -239,6 +282,11 @@ def _convert(col: pa.Array, types: set[str]) -> tuple[pa.Array, pa.Array]:
         doubt = pc.or_(pc.and_(is_num, long), pc.and_(pc.is_valid(values), pc.invert(is_num)))
         return typed, pc.fill_null(doubt, False)
     if "boolean" in types:
+        typed = pc.equal(values, "true")    # the usual spelling: two passes say so
+        others = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(
+            pc.or_(typed, pc.equal(values, "false")), False)))
+        if not pc.any(others).as_py():
+            return typed, _const(len(col), False)
         is_true = pc.is_in(values, value_set=pa.array(TRUE))
         is_bool = pc.or_(is_true, pc.is_in(values, value_set=pa.array(FALSE)))
         typed = pc.if_else(is_bool, is_true, pa.scalar(None, pa.bool_()))
@@ -251,8 +299,12 @@ def _arrow_only_numbers(values: pa.Array, typed: pa.Array) -> pa.Array:
     (0x10; Arrow refuses -0x10), and as floats inf, infinity, nan or nan(...), which
     are all Arrow takes beyond csv_value's floats."""
     if pa.types.is_integer(typed.type):
+        if not contains(values, b"x", b"X"):
+            return _const(len(values), False)
         odd = pc.or_(pc.starts_with(values, "0x"), pc.starts_with(values, "0X"))
     else:
+        if not contains(values, b"i", b"I", b"n", b"N"):
+            return _const(len(values), False)
         odd = pc.or_(pc.is_nan(typed), pc.is_inf(typed))
     return pc.fill_null(odd, False)
 

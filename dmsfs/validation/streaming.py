@@ -18,7 +18,7 @@ from collections import deque
 from .validator import Validator, Verdict
 
 STREAMABLE = ("csv", "jsonl")        # read front to back (Parquet needs its footer first)
-BUFFER_CAP = 8 << 20                 # bytes handed over and not yet read
+BUFFER_CAP = 24 << 20                # bytes handed over and not yet read
 HEAD = 1 << 20                       # kept to let a reader look at the start twice
 
 
@@ -99,19 +99,34 @@ class BytePipe(io.RawIOBase):
         return offset
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        want, got = len(buffer), 0
         out = memoryview(buffer).cast("B")
+        got = 0
+        for piece in self._take(len(out)):
+            out[got:got + len(piece)] = piece
+            got += len(piece)
+        return got
+
+    def read_buffer(self, n: int) -> bytes | memoryview:
+        """Up to n bytes (fewer only at the end) without a copy where they lie in
+        one fed piece: Arrow's readers call this instead of read() when it exists."""
+        pieces = self._take(n)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _take(self, want: int) -> list[bytes | memoryview]:
+        """The next `want` bytes as pieces (fewer only at the end of the stream)."""
+        pieces: list[bytes | memoryview] = []
+        got = 0
         with self._cond:
             while got < want:
                 if self._aborted:
                     raise Aborted("the file was not written front to back")
-                if self._pos < self._taken:      # re-reading the head
+                if self._pos < self._taken:      # re-reading the head (a copy: it grows)
                     n = min(want - got, self._taken - self._pos)
-                    out[got:got + n] = self._head[self._pos:self._pos + n]
+                    pieces.append(bytes(self._head[self._pos:self._pos + n]))
                 elif self._parts:
                     part = self._parts[0]
                     n = min(want - got, len(part))
-                    out[got:got + n] = part[:n]
+                    pieces.append(part[:n])
                     if n == len(part):
                         self._parts.popleft()
                     else:
@@ -126,7 +141,7 @@ class BytePipe(io.RawIOBase):
                     continue
                 got += n
                 self._pos += n
-        return got
+        return pieces
 
 
 class StreamedValidation:

@@ -27,7 +27,7 @@ from jsonschema.exceptions import SchemaError, best_match
 
 from dmsfs.errors import InvalidArgument
 from dmsfs.schemas import check_schema
-from dmsfs.validation import formats
+from dmsfs.validation import formats, validator
 from dmsfs.validation.formats import csv_value
 from dmsfs.validation.validator import Validator, Verdict
 
@@ -514,6 +514,30 @@ def test_jsonl_numbering_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     records = sum(1 for line in lines if line)
     assert verdict(INT_ID, data, "jsonl") == (records, 2, 251, "/id",
                                               "'z' is not of type 'integer'")
+
+
+@pytest.mark.parametrize("group", [1, 7, 100, 65536])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_blocks_checked_in_groups_keep_their_record_numbers(
+        monkeypatch: pytest.MonkeyPatch, fmt: str, group: int) -> None:
+    """Small read blocks merged into groups of `group` rows for the checks: every
+    failure is counted once and the first one is named by its own number."""
+    monkeypatch.setattr(formats, "BLOCK", 64)
+    monkeypatch.setattr(formats, "PARQUET_BATCH", 5)
+    monkeypatch.setattr(validator, "GROUP_ROWS", group)
+    ids: list[Any] = list(range(300))
+    for bad in (4, 150, 298):
+        ids[bad] = -1
+    schema = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0}}}
+    if fmt == "csv":
+        data = ("id\n" + "".join(f"{i}\n" for i in ids)).encode()
+    elif fmt == "jsonl":
+        data = "".join(json.dumps({"id": i}) + "\n" for i in ids).encode()
+    else:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": ids}), buf, row_group_size=20)
+        data = buf.getvalue()
+    assert verdict(schema, data, fmt) == (300, 3, 5, "/id", "-1 is less than the minimum of 0")
 
 
 def test_json_array_index_plus_one_and_single_record() -> None:
