@@ -64,8 +64,9 @@ class ChunkStore:
         self.staging_dir = state_dir / "staging"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.cache = ChunkCache(cache_bytes)
-        self.cpu = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self.compressors = BackgroundThreads(max(2, os.cpu_count() or 2), "compress")
+        cores = max(2, os.cpu_count() or 2)
+        self.cpu = trio.CapacityLimiter(cores)
+        self.compressors = BackgroundThreads(cores, "compress")
         # threads waiting on a remote store mostly sleep: more of them hide latency
         self.io = trio.CapacityLimiter(24 if store.remote else 8)
         self._lock = threading.Lock()
@@ -213,9 +214,7 @@ class ChunkStore:
         backlog is small, at normal priority when a caller waits (flush) or the
         backlog outgrows BACKGROUND_BACKLOG (as the kernel's writeback starts
         throttling past its dirty limit)."""
-        with self._lock:
-            backlog = sum(f.size for f in self._containers.values())
-        if urgent or backlog > BACKGROUND_BACKLOG:
+        if urgent or self.backlog["bytes"] > BACKGROUND_BACKLOG:
             return await trio.to_thread.run_sync(sf.seal, self.config.zstd_level,
                                                  limiter=self.cpu)
         return await self.compressors.run(sf.seal, self.config.zstd_level)
